@@ -1,0 +1,281 @@
+"""CIFAR-10 that lives on the training device, with the exercise's augmentation done there in batched passes.
+
+    python data.py --data DIR --out aug.png      # a grid of augmented training images with class names
+
+Loading: DIR holds `cifar10_train.npz` + `cifar10_test.npz` (arrays `images` uint8 Nx32x32x3, `labels`), or
+torchvision's `cifar-10-batches-py`; with neither, torchvision's download is tried once.
+Augmentation (training only), per image, in one pass over a batch on the device:
+RandomCrop(32) of the image zero-padded by 4 -> horizontal flip (p=0.5) -> Cutout 8x8 (centre uniform over the
+image, clipped at the border, filled with the channel mean = 0 after normalisation) -> normalise with the training
+set's mean/std. The random draws come from a CPU generator seeded by (seed, epoch), so a run is reproducible and
+resumable, and the CPU and GPU see the same augmentations.
+Epochs: every training image once per epoch in a fresh order; the last batch is partial (50,000 / 512 -> 98
+iterations, the 98th has 336 images) rather than dropped, so no image is skipped in any epoch.
+"""
+import argparse
+import os
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+PAD, CROP, CUTOUT = 4, 32, 8  # pixels
+
+
+class UserError(Exception):
+    """Bad input from the user (data, flags): the scripts print it as one line and exit non-zero."""
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _check_split(path, images, labels):
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        raise UserError(f"{path}: images must be uint8 Nx32x32x3, got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise UserError(f"{path}: labels must be a vector of {len(images)} entries, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) or len(labels) == 0 or labels.min() < 0 or labels.max() > 9:
+        raise UserError(f"{path}: labels must be integers in 0..9")
+    return images, labels.astype(np.int64)
+
+
+def _load_npz(path):
+    try:
+        with np.load(path) as z:
+            if "images" not in z.files or "labels" not in z.files:
+                raise UserError(f"{path}: needs arrays 'images' and 'labels', found {sorted(z.files)}")
+            images, labels = z["images"], z["labels"]
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise UserError(f"{path}: corrupt or truncated npz ({type(e).__name__}: {e})") from None
+    return _check_split(path, images, labels)
+
+
+def _load_batches(folder, names):
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                d = pickle.load(f, encoding="latin1")
+            images.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(np.asarray(d["labels"]))
+        except FileNotFoundError:
+            raise UserError(f"{path}: missing from torchvision's cifar-10-batches-py") from None
+        except Exception as e:  # pickle raises many types on a damaged file
+            raise UserError(f"{path}: corrupt or truncated batch file ({type(e).__name__}: {e})") from None
+    return _check_split(folder, np.concatenate(images), np.concatenate(labels))
+
+
+def load_cifar10(data_dir, download=True):
+    """Returns (train_images, train_labels, test_images, test_labels): uint8 NHWC arrays and int64 labels."""
+    root = Path(data_dir)
+    if (root / "cifar10_train.npz").exists() or (root / "cifar10_test.npz").exists():
+        return (*_load_npz(root / "cifar10_train.npz"), *_load_npz(root / "cifar10_test.npz"))
+    batches = root if root.name == "cifar-10-batches-py" else root / "cifar-10-batches-py"
+    if not batches.is_dir() and download:
+        try:
+            import torchvision
+
+            torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        except Exception as e:
+            reason = f"download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            raise UserError(f"no CIFAR-10 in {root} and {reason}; put cifar10_train.npz + cifar10_test.npz "
+                            "(see ../shared/cifar10/README.md) or torchvision's cifar-10-batches-py there") from None
+    if not batches.is_dir():
+        raise UserError(f"no CIFAR-10 in {root}: put cifar10_train.npz + cifar10_test.npz or cifar-10-batches-py there")
+    return (*_load_batches(batches, [f"data_batch_{i}" for i in range(1, 6)]),
+            *_load_batches(batches, ["test_batch"]))
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+
+
+def channel_stats(images):
+    """Per-channel mean and std of uint8 NHWC images, in pixel units (0..255): exact, from 256-bin histograms,
+    computed wherever `images` lives (milliseconds on a GPU)."""
+    x = torch.as_tensor(images)
+    v = torch.arange(256, dtype=torch.float64, device=x.device)
+    hist = torch.stack([torch.bincount(x[..., c].reshape(-1), minlength=256) for c in range(3)]).double()
+    mean = (hist * v).sum(1) / hist.sum(1)
+    std = ((hist * (v - mean[:, None]) ** 2).sum(1) / hist.sum(1)).sqrt()
+    return mean, std
+
+
+def draw_augmentation(n, generator):
+    """The random draws for n images: crop offsets in 0..2*PAD, flip flags, cutout centres in 0..CROP-1."""
+    offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    centre = torch.randint(0, CROP, (n, 2), generator=generator)
+    return {"dy": offsets[:, 0], "dx": offsets[:, 1], "flip": flip, "cy": centre[:, 0], "cx": centre[:, 1]}
+
+
+def normalise(x_u8_nhwc, mean, std):
+    """uint8 NHWC -> float NCHW (channels-last in memory, the fast layout for convolutions)."""
+    return ((x_u8_nhwc.float() - mean.float()) / std.float()).permute(0, 3, 1, 2)
+
+
+def augment(padded, draws, mean, std):
+    """Crop -> flip -> normalise -> cutout for a batch of zero-padded uint8 NHWC images (B x 40 x 40 x 3).
+
+    The crop and the flip are one gather with per-image row/column indices; cutout is a mask multiply.
+    Cutout after normalisation with 0 is the same as filling with the channel mean before it.
+    """
+    dev = padded.device
+    dy, dx, flip, cy, cx = (draws[k].to(dev, non_blocking=True) for k in ("dy", "dx", "flip", "cy", "cx"))
+    r = torch.arange(CROP, device=dev)
+    rows = dy[:, None] + r  # B x 32
+    cols = dx[:, None] + torch.where(flip[:, None], CROP - 1 - r, r)  # a flip reads the columns backwards
+    b = torch.arange(len(padded), device=dev)[:, None, None]
+    x = normalise(padded[b, rows[:, :, None], cols[:, None, :]], mean, std)
+    h = CUTOUT // 2
+    keep_r = ((r >= cy[:, None] - h) & (r < cy[:, None] + h)).logical_not()
+    keep_c = ((r >= cx[:, None] - h) & (r < cx[:, None] + h)).logical_not()
+    keep = keep_r[:, :, None] | keep_c[:, None, :]  # B x 32 x 32: False inside the square
+    return x * keep[:, None].to(x.dtype)
+
+
+class Loader:
+    """Batches of a device-resident uint8 split: augmented and reshuffled per epoch if train, else plain and in order.
+
+    `epoch` counts the passes made so far; it seeds the pass's shuffle and draws, so setting it resumes exactly.
+    """
+
+    def __init__(self, images, labels, batch_size, mean, std, device, train, seed=0):
+        self.device, self.train, self.seed, self.epoch = torch.device(device), train, seed, 0
+        self.batch_size = batch_size
+        self.mean, self.std = mean.to(self.device), std.to(self.device)
+        x = torch.as_tensor(images).to(self.device)
+        self.labels = torch.as_tensor(labels).to(self.device)
+        self.n = len(self.labels)
+        # training keeps uint8, padded once (small, cheap to gather); evaluation keeps the normalised floats
+        self.x = F.pad(x, (0, 0, PAD, PAD, PAD, PAD)) if train else normalise(x, self.mean, self.std)
+
+    def __len__(self):
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        if not self.train:
+            for i in range(0, self.n, self.batch_size):
+                yield self.x[i:i + self.batch_size], self.labels[i:i + self.batch_size]
+            return
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(self.n, generator=g)
+        order = order.to(self.device, non_blocking=True)
+        draws = {k: v.to(self.device, non_blocking=True) for k, v in draw_augmentation(self.n, g).items()}
+        for i in range(0, self.n, self.batch_size):
+            idx = order[i:i + self.batch_size]
+            sel = {k: v[i:i + self.batch_size] for k, v in draws.items()}
+            yield augment(self.x[idx], sel, self.mean, self.std), self.labels[idx]
+
+
+def split_data(arrays, subset=0, val=0):
+    """(train_x, train_y, eval_x, eval_y, eval_name): the first `subset` images of each split if subset > 0; with
+    val > 0 the last `val` training images become the evaluation set and the test set is not used at all."""
+    tx, ty, sx, sy = arrays
+    name = "test"
+    if val:
+        if val >= len(tx):
+            raise UserError(f"--val {val} leaves no training images (only {len(tx)})")
+        tx, ty, sx, sy, name = tx[:-val], ty[:-val], tx[-val:], ty[-val:], "val"
+    if subset:
+        tx, ty, sx, sy = tx[:subset], ty[:subset], sx[:subset], sy[:subset]
+    return tx, ty, sx, sy, name
+
+
+def make_loaders(arrays, batch_size, device, seed=0, subset=0, val=0, eval_batch_size=1000):
+    """Train and evaluation loaders on `device`. Mean/std come from all loaded training images (never the test set)."""
+    arrays = [torch.as_tensor(a).to(device) for a in arrays]  # one upload; all slicing happens on the device
+    mean, std = channel_stats(arrays[0][:-val] if val else arrays[0])
+    tx, ty, sx, sy, name = split_data(arrays, subset, val)
+    train = Loader(tx, ty, batch_size, mean, std, device, train=True, seed=seed)
+    evaluation = Loader(sx, sy, eval_batch_size, mean, std, device, train=False)
+    evaluation.name = name
+    return train, evaluation
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_common_args(p, out_default, out_help="folder for the results"):
+    """The flags every script shares, so people and checks drive them alike."""
+    p.add_argument("--data", default=os.environ.get("CIFAR10_DIR", "data"),
+                   help="CIFAR-10 folder: cifar10_{train,test}.npz or cifar-10-batches-py (default: $CIFAR10_DIR or ./data)")
+    p.add_argument("--out", default=out_default, help=f"{out_help} (default: {out_default})")
+    p.add_argument("--device", default=default_device(), choices=["cpu", "cuda"],
+                   help="where to train (default: cuda when present)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and augmentation (default: 0)")
+    p.add_argument("--bs", type=int, default=512, help="training batch size (default: 512)")
+    p.add_argument("--subset", type=int, default=0,
+                   help="use only the first N train and N test images, for quick CPU runs (default: 0 = all)")
+    return p
+
+
+def check_common_args(args):
+    if args.bs <= 0:
+        raise UserError(f"--bs must be positive, got {args.bs}")
+    if args.subset < 0:
+        raise UserError(f"--subset must be >= 0, got {args.subset}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA GPU")
+
+
+def run_cli(main):
+    """Run a script's main; a UserError becomes one line on stderr and exit status 2."""
+    try:
+        return main()
+    except UserError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def save_figure(fig, path):
+    """Write a matplotlib figure atomically, so an interrupted run never leaves a half-written PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    os.replace(tmp, path)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, out_default="aug.png", out_help="PNG file for the grid of augmented images")
+    p.add_argument("--rows", type=int, default=4, help="rows (and twice as many columns) in the grid (default: 4)")
+    args = p.parse_args()
+    check_common_args(args)
+    if args.rows <= 0:
+        raise UserError(f"--rows must be positive, got {args.rows}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = args.rows * args.rows * 2
+    arrays = load_cifar10(args.data)
+    train, _ = make_loaders(arrays, batch_size=n, device=args.device, seed=args.seed, subset=args.subset)
+    x, y = next(iter(train))
+    pix = (x.permute(0, 2, 3, 1) * train.std.float() + train.mean.float()).clamp(0, 255).byte().cpu().numpy()
+    fig, axes = plt.subplots(args.rows, 2 * args.rows, figsize=(2 * args.rows * 1.6, args.rows * 1.8))
+    for ax, img, label in zip(axes.flat, pix, y.tolist()):
+        ax.imshow(img)
+        ax.set_title(CLASSES[label], fontsize=9)
+        ax.axis("off")
+    fig.suptitle("What the network sees: crop (pad 4) -> flip -> cutout 8x8 (grey = channel mean)")
+    save_figure(fig, args.out)
+    print(f"wrote {args.out} ({len(pix)} augmented training images, seed {args.seed})")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,100 @@
+"""The exercise's ResNet-9 for CIFAR-10 (David Page's "DAWNBench" network), 6,573,130 parameters.
+
+    prep    conv3x3(3->64)    BN ReLU                                  32x32
+    layer1  conv3x3(64->128)  MaxPool2 BN ReLU  + R1(conv-BN-ReLU x2)  16x16
+    layer2  conv3x3(128->256) MaxPool2 BN ReLU                          8x8
+    layer3  conv3x3(256->512) MaxPool2 BN ReLU  + R2(conv-BN-ReLU x2)   4x4
+    head    MaxPool4 -> flatten -> Linear(512->10) -> x0.125             logits
+
+Run `python model.py` for the per-layer table. The network returns *logits*: the softmax of the exercise lives
+inside the cross-entropy loss (log-softmax + NLL, numerically stable); `predict_proba` applies it once for users
+who want class probabilities. Never softmax the output and then feed it to CrossEntropyLoss.
+"""
+import argparse
+
+import torch
+import torch.nn as nn
+
+# Page's trick: scale the logits down so that the initial softmax is nearly uniform and the large one-cycle
+# learning rates do not blow up the last layer early on.
+LOGIT_SCALE = 0.125
+
+
+class ConvBN(nn.Sequential):
+    """conv3x3 (no bias: BN follows) -> [MaxPool2] -> BN -> ReLU."""
+
+    def __init__(self, c_in, c_out, pool=False):
+        layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+        layers += [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        super().__init__(*layers)
+
+
+class Residual(nn.Module):
+    """x + (conv-BN-ReLU -> conv-BN-ReLU)(x)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.res1 = ConvBN(c, c)
+        self.res2 = ConvBN(c, c)
+
+    def forward(self, x):
+        return x + self.res2(self.res1(x))
+
+
+class ResNet9(nn.Module):
+    def __init__(self, num_classes=10, logit_scale=LOGIT_SCALE):
+        super().__init__()
+        self.prep = ConvBN(3, 64)
+        self.layer1 = nn.Sequential(ConvBN(64, 128, pool=True), Residual(128))
+        self.layer2 = ConvBN(128, 256, pool=True)
+        self.layer3 = nn.Sequential(ConvBN(256, 512, pool=True), Residual(512))
+        self.pool = nn.MaxPool2d(4)
+        self.fc = nn.Linear(512, num_classes)
+        self.logit_scale = logit_scale
+
+    def forward(self, x):
+        x = self.layer3(self.layer2(self.layer1(self.prep(x))))
+        return self.fc(torch.flatten(self.pool(x), 1)) * self.logit_scale
+
+    @torch.no_grad()
+    def predict_proba(self, x):
+        """Class probabilities: the one place the softmax is applied outside the loss."""
+        return torch.softmax(self(x).float(), dim=1)
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def layer_table(model, input_shape=(1, 3, 32, 32)):
+    """Rows (name, type, output shape, parameters) for every leaf layer, from one forward pass on zeros."""
+    rows, hooks = [], []
+    for name, module in model.named_modules():
+        if len(list(module.children())) == 0:
+            n = sum(p.numel() for p in module.parameters(recurse=False))
+            hooks.append(module.register_forward_hook(
+                lambda m, i, o, name=name, n=n: rows.append((name, type(m).__name__, tuple(o.shape), n))))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(input_shape))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return rows
+
+
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    from tabulate import tabulate
+
+    model = ResNet9()
+    rows = [(name, kind, "x".join(map(str, shape)), f"{n:,}") for name, kind, shape, n in layer_table(model)]
+    print(tabulate(rows, headers=["layer", "type", "output shape", "params"], colalign=("left",) * 3 + ("right",)))
+    print(f"Total params: {count_params(model):,}")
+
+
+if __name__ == "__main__":
+    main()
