@@ -1,0 +1,213 @@
+"""LR range test (Smith 2015; fastai's lr_find) that FINDS both bounds of the one-cycle: LRMIN and LRMAX.
+
+    python lr_range.py                      # writes runs/lr_range/lr_range.{json,png}; train.py reads the JSON
+    python lr_range.py --subset 1024 --num-iter 30 --device cpu   # a quick CPU run
+
+Ignite's FastaiLRFinder sweeps the LR exponentially from --start-lr to --end-lr over --num-iter iterations of
+train.py's own training step (same model, SGD + Nesterov momentum 0.9 + weight decay, augmentation, precision),
+on the TRAINING images only, stopping once the loss diverges. Then one stated rule reads the curve
+(see `pick_lrs`):
+  1. smooth the raw loss with a centred moving average over log-LR (no lag, unlike an EMA, so the minimum
+     does not drift to higher LRs);
+  2. the valley is the LR of the smoothed minimum; LRMAX = valley / MAX_DIVISOR (one order of magnitude below
+     the minimum: at the minimum the loss is already about to blow up, fastai's classic advice);
+  3. LRMIN is where the loss starts to fall: the first LR at which the smoothed loss has covered FALL_FRACTION
+     of its total drop from the starting level (median of the first window of raw losses) to the minimum.
+Afterwards model and optimizer are exactly as before the test (the finder restores them).
+A loss that never falls, or is NaN from the first step, is an error and writes nothing.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from ignite.engine import Events
+from ignite.handlers import FastaiLRFinder
+
+import data
+import train
+from data import UserError
+
+MAX_DIVISOR = 10.0  # LRMAX = LR at the smoothed minimum / 10
+FALL_FRACTION = 0.1  # LRMIN = first LR where the smoothed loss has made 10 % of its drop
+SMOOTH_FRACTION = 0.1  # moving-average window, as a fraction of the points recorded
+RULE = (f"smooth the loss with a centred moving average ({SMOOTH_FRACTION:.0%} of the points); "
+        f"LRMAX = LR at the smoothed minimum / {MAX_DIVISOR:g}; LRMIN = first LR where the smoothed loss has "
+        f"made {FALL_FRACTION:.0%} of its drop from the start to the minimum")
+
+
+@dataclasses.dataclass
+class RangeConfig:
+    data: str = "data"
+    out: str = "runs/lr_range"
+    device: str = "cpu"
+    seed: int = 0
+    bs: int = 512
+    subset: int = 0
+    val: int = 0  # held-out training images, excluded from the sweep (so train.py --val sees the same split)
+    num_iter: int = 200
+    start_lr: float = 1e-5
+    end_lr: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    diverge: float = 4.0  # stop once the (EMA-smoothed) loss exceeds this multiple of its best
+
+
+def smooth(values, window):
+    """Centred moving average; the window shrinks symmetrically near the ends so no point borrows from one side."""
+    v = np.asarray(values, dtype=np.float64)
+    half = max(int(window) // 2, 0)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    out = np.empty_like(v)
+    for i in range(len(v)):
+        h = min(half, i, len(v) - 1 - i)
+        out[i] = (c[i + h + 1] - c[i - h]) / (2 * h + 1)
+    return out
+
+
+def pick_lrs(lrs, losses, max_divisor=MAX_DIVISOR, fall_fraction=FALL_FRACTION, smooth_fraction=SMOOTH_FRACTION):
+    """The rule (module docstring). Returns a dict with lr_min, lr_max, lr_valley, smoothed, and a warning or None.
+    Raises UserError when the curve gives no answer."""
+    lrs, losses = np.asarray(lrs, dtype=np.float64), np.asarray(losses, dtype=np.float64)
+    finite = np.isfinite(losses)
+    if len(losses) == 0 or not finite[0]:
+        raise UserError("the loss was NaN/inf from the first step: check the data and the model, or lower --start-lr")
+    n = int(np.argmin(finite)) if not finite.all() else len(losses)  # keep the curve up to the first NaN/inf
+    if n < 10:
+        raise UserError(f"only {n} finite losses before divergence: lower --start-lr or raise --num-iter")
+    lrs, losses = lrs[:n], losses[:n]
+    window = max(3, round(smooth_fraction * n))
+    s = smooth(losses, window)
+    start = float(np.median(losses[:window]))  # the starting level, robust to one noisy first batch
+    i_min = int(np.argmin(s))
+    drop = start - s[i_min]
+    if drop < 0.1 * abs(start) or i_min < 3:
+        raise UserError(f"the loss never fell (from {start:.3f} at LR {lrs[0]:.2g} to at best {s[i_min]:.3f} at "
+                        f"{lrs[i_min]:.2g}): widen --start-lr/--end-lr, raise --num-iter, or check model and data")
+    i_fall = int(np.argmax(s <= start - fall_fraction * drop))
+    lr_valley, lr_min = float(lrs[i_min]), float(lrs[i_fall])
+    lr_max = lr_valley / max_divisor
+    if lr_min >= lr_max:
+        raise UserError(f"the loss only started to fall (LR {lr_min:.3g}) above the rule's LRMAX {lr_max:.3g}: "
+                        "lower --start-lr or raise --num-iter so the sweep resolves the falling part")
+    warning = None
+    if i_min >= n - max(3, n // 20) and finite.all():
+        warning = (f"the loss was still falling at the end of the sweep (LR {lrs[-1]:.3g}): LRMAX may be "
+                   "underestimated; raise --end-lr")
+    return {"lr_min": lr_min, "lr_max": lr_max, "lr_valley": lr_valley, "smoothed": s.tolist(), "n_used": n,
+            "warning": warning}
+
+
+def sweep(cfg, model, optimizer, loader):
+    """Run FastaiLRFinder over train.py's training step on its own engine (only the finder and a NaN stop are
+    attached to it). Returns (lrs, raw losses); model and optimizer are restored on exit."""
+    trainer = train.create_trainer(model, optimizer, nn.CrossEntropyLoss(), cfg.device)
+    lrs, raw = [], []
+
+    @trainer.on(Events.ITERATION_STARTED)
+    def record_lr(engine):
+        lrs.append(optimizer.param_groups[0]["lr"])  # the LR this iteration actually runs with
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def record_loss(engine):
+        raw.append(engine.state.output["loss"].item())  # one sync per iteration is fine for a short sweep
+        if not math.isfinite(raw[-1]):
+            engine.terminate()  # NaN never compares greater than the divergence threshold
+
+    finder = FastaiLRFinder()
+    with finder.attach(trainer, to_save={"model": model, "optimizer": optimizer}, output_transform=lambda o: o["loss"],
+                       num_iter=cfg.num_iter, start_lr=cfg.start_lr, end_lr=cfg.end_lr, step_mode="exp",
+                       smooth_f=0.05, diverge_th=cfg.diverge) as t, warnings.catch_warnings():
+        # the finder scales the optimizer's current LR for its first step: start from start_lr (restored on exit)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.start_lr
+        warnings.filterwarnings("ignore", "Run completed without loss diverging")  # pick_lrs says it better
+        t.run(loader, max_epochs=math.ceil(cfg.num_iter / len(loader)))
+    return lrs[:len(raw)], raw
+
+
+def run_range_test(cfg, arrays=None):
+    """The whole test: load, sweep, pick, write lr_range.json and lr_range.png. Returns the JSON's dict."""
+    check(cfg)
+    t0 = time.perf_counter()
+    if arrays is None:
+        arrays = data.load_cifar10(cfg.data)
+    loader, _ = data.make_loaders(arrays, cfg.bs, cfg.device, cfg.seed, cfg.subset, cfg.val)
+    model, compiled = train.build_model(cfg.seed, cfg.device)
+    optimizer = train.make_optimizer(model, cfg.start_lr, cfg.momentum, cfg.weight_decay)
+    lrs, losses = sweep(cfg, compiled, optimizer, loader)
+    if cfg.device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    picked = pick_lrs(lrs, losses)
+    result = {"lr_min": picked["lr_min"], "lr_max": picked["lr_max"], "lr_valley": picked["lr_valley"],
+              "rule": RULE, "seed": cfg.seed, "bs": cfg.bs, "subset": cfg.subset, "val": cfg.val,
+              "num_iter": cfg.num_iter, "start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "momentum": cfg.momentum,
+              "weight_decay": cfg.weight_decay, "device": cfg.device, "seconds": seconds, "warning": picked["warning"],
+              "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"], "versions": train.versions(cfg.device)}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(result, out / "lr_range.png")
+    train.write_json(out / "lr_range.json", result)
+    if picked["warning"]:
+        print(f"warning: {picked['warning']}")
+    print(f"LRMIN {result['lr_min']:.4g}  LRMAX {result['lr_max']:.4g}  (valley {result['lr_valley']:.4g}; "
+          f"{len(losses)} iterations, {seconds:.1f} s) -> {out / 'lr_range.json'}")
+    return result
+
+
+def plot(result, path):
+    import matplotlib.pyplot as plt
+
+    lrs, n = result["lrs"], len(result["smoothed"])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(lrs, result["losses"], color="C0", alpha=0.35, lw=1, label="raw loss")
+    ax.plot(lrs[:n], result["smoothed"], color="C0", lw=2, label="smoothed (centred moving average)")
+    for key, colour, name in (("lr_min", "C2", "LRMIN"), ("lr_max", "C3", "LRMAX"), ("lr_valley", "0.5", "minimum")):
+        ax.axvline(result[key], color=colour, ls="--", lw=1.2, label=f"{name} = {result[key]:.3g}")
+    finite = [v for v in result["losses"] if math.isfinite(v)]
+    ax.set_ylim(min(finite) * 0.9, min(max(finite), 2 * result["smoothed"][0]) * 1.05)
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate (log scale)", ylabel="training loss",
+           title=f"LR range test: batch {result['bs']}, {len(lrs)} iterations, seed {result['seed']}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    data.save_figure(fig, path)
+    plt.close(fig)
+
+
+def check(cfg):
+    if cfg.num_iter < 10:
+        raise UserError(f"--num-iter must be at least 10, got {cfg.num_iter}")
+    if not 0 < cfg.start_lr < cfg.end_lr:
+        raise UserError(f"need 0 < --start-lr < --end-lr, got {cfg.start_lr} and {cfg.end_lr}")
+
+
+def main():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = RangeConfig()
+    data.add_common_args(p, out_default=d.out, out_help="folder for lr_range.json and lr_range.png")
+    p.add_argument("--num-iter", type=int, default=d.num_iter, help=f"iterations of the sweep (default: {d.num_iter})")
+    p.add_argument("--start-lr", type=float, default=d.start_lr, help=f"first LR of the sweep (default: {d.start_lr:g})")
+    p.add_argument("--end-lr", type=float, default=d.end_lr, help=f"last LR of the sweep (default: {d.end_lr:g})")
+    p.add_argument("--val", type=int, default=0, metavar="N",
+                   help="leave out the last N training images, as train.py --val N does (default: 0)")
+    args = p.parse_args()
+    data.check_common_args(args)
+    cfg = RangeConfig(data=args.data, out=args.out, device=args.device, seed=args.seed, bs=args.bs,
+                      subset=args.subset, val=args.val, num_iter=args.num_iter, start_lr=args.start_lr,
+                      end_lr=args.end_lr)
+    run_range_test(cfg)
+
+
+if __name__ == "__main__":
+    data.run_cli(main)

@@ -1,0 +1,110 @@
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import lr_range
+import train
+from conftest import DATA, run_script
+from data import UserError
+
+
+def synthetic_curve(seed=0, n=200, noise=0.03, valley=3.0):
+    """A range-test-like curve: flat at ln 10, falls (logistic in log LR), then blows up past the valley."""
+    rng = np.random.default_rng(seed)
+    lrs = np.geomspace(1e-5, 10, n)
+    x = np.log10(lrs)
+    fall = 1.5 / (1 + np.exp(-(x + 2.0) * 3))  # half-way at LR 1e-2
+    blow = np.where(lrs > valley, 8 * np.log10(lrs / valley) ** 2, 0) - 0.3 * np.exp(-((x - np.log10(valley)) ** 2) / 0.3)
+    return lrs, 2.3 - fall + blow + rng.normal(0, noise, n)
+
+
+def test_rule_on_a_known_curve():
+    lrs, losses = synthetic_curve()
+    p = lr_range.pick_lrs(lrs, losses)
+    assert 1.5 < p["lr_valley"] < 6  # the true minimum is at 3
+    assert p["lr_max"] == pytest.approx(p["lr_valley"] / lr_range.MAX_DIVISOR)
+    assert 1e-4 < p["lr_min"] < 1e-2 < p["lr_max"]  # the fall begins well before its midpoint at 1e-2
+    assert p["warning"] is None
+
+
+def test_rule_is_stable_under_noise():
+    picks = [lr_range.pick_lrs(*synthetic_curve(seed=s)) for s in range(5)]
+    lr_max = [p["lr_max"] for p in picks]
+    assert max(lr_max) / min(lr_max) < 1.5
+    lr_min = [p["lr_min"] for p in picks]
+    assert max(lr_min) / min(lr_min) < 1.5
+
+
+def test_rule_stops_at_the_first_nan_and_warns_without_divergence():
+    lrs, losses = synthetic_curve()
+    cut = losses.copy()
+    cut[150:] = np.nan
+    p = lr_range.pick_lrs(lrs, cut)
+    assert p["n_used"] == 150 and p["lr_valley"] <= lrs[149]
+    p = lr_range.pick_lrs(lrs[:120], losses[:120])  # the sweep ended while the loss still fell
+    assert p["warning"] and "still falling" in p["warning"]
+
+
+@pytest.mark.parametrize("losses, message", [
+    (np.full(50, 2.3), "never fell"),
+    (np.r_[np.nan, np.full(49, 2.3)], "NaN/inf from the first step"),
+    (np.r_[2.3, 2.2, 2.1, np.full(47, np.nan)], "finite losses"),
+])
+def test_rule_refuses_curves_without_an_answer(losses, message):
+    with pytest.raises(UserError, match=message):
+        lr_range.pick_lrs(np.geomspace(1e-5, 10, len(losses)), losses)
+
+
+def test_smooth_is_centred():
+    v = np.r_[np.zeros(10), np.ones(10)]
+    s = lr_range.smooth(v, 5)
+    assert s[0] == 0 and s[-1] == 1 and s[9] == pytest.approx(0.4) and s[10] == pytest.approx(0.6)
+    np.testing.assert_allclose(lr_range.smooth(np.arange(20.0), 7), np.arange(20.0))  # no lag on a ramp
+
+
+def test_model_and_optimizer_restored_bit_for_bit():
+    cfg = lr_range.RangeConfig(data=str(DATA), subset=128, bs=32, num_iter=12, device="cpu")
+    arrays = data.load_cifar10(DATA, download=False)
+    loader, _ = data.make_loaders(arrays, cfg.bs, "cpu", subset=cfg.subset)
+    model, _ = train.build_model(0, "cpu")
+    optimizer = train.make_optimizer(model, 0.05)
+    engine = train.create_trainer(model, optimizer, torch.nn.CrossEntropyLoss(), "cpu")
+    engine.run(loader, max_epochs=1)  # momentum buffers and BN running statistics are now non-trivial
+    before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+    lrs, losses = lr_range.sweep(cfg, model, optimizer, loader)
+    assert len(lrs) == len(losses) == 12 and lrs[-1] > 100 * lrs[0]
+    after = (model.state_dict(), optimizer.state_dict())
+    for k, v in before[0].items():
+        assert torch.equal(v, after[0][k]), k
+    assert before[1]["param_groups"] == after[1]["param_groups"]
+    for i, s in before[1]["state"].items():
+        assert torch.equal(s["momentum_buffer"], after[1]["state"][i]["momentum_buffer"]), i
+
+
+def test_cli_end_to_end_on_cpu(tmp_path):
+    r = run_script("lr_range.py", "--data", DATA, "--out", tmp_path, "--device", "cpu", "--subset", "256",
+                   "--bs", "64", "--num-iter", "40", "--start-lr", "1e-3")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "lr_range.json").read_text())
+    assert (tmp_path / "lr_range.png").read_bytes()[:4] == b"\x89PNG"
+    for key in ("lrs", "losses", "lr_min", "lr_max", "rule", "seed", "bs"):
+        assert key in res
+    assert res["bs"] == 64 and res["seed"] == 0 and len(res["lrs"]) == len(res["losses"])
+    ratios = np.diff(np.log(res["lrs"][1:]))  # an exponential sweep: equal steps in log LR
+    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-6)
+    assert res["lrs"][0] <= res["lr_min"] < res["lr_max"] < res["lr_valley"] <= res["lrs"][-1]
+    assert math.isclose(res["lr_max"], res["lr_valley"] / lr_range.MAX_DIVISOR)
+
+
+def test_cli_loss_never_falls_writes_nothing(tmp_path):
+    (tmp_path / "lr_range.json").write_text('{"old": true}')
+    r = run_script("lr_range.py", "--data", DATA, "--out", tmp_path, "--device", "cpu", "--subset", "64",
+                   "--bs", "32", "--num-iter", "10", "--start-lr", "1e-9", "--end-lr", "1e-8")
+    assert r.returncode == 2 and "never fell" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert json.loads((tmp_path / "lr_range.json").read_text()) == {"old": True}  # untouched
+    assert not (tmp_path / "lr_range.png").exists()
