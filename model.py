@@ -68,6 +68,28 @@ def count_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
+def count_macs(model, input_shape=(1, 3, 32, 32)):
+    """Multiply-adds of one forward pass per image, from the convolutions and the linear layer (the rest is noise)."""
+    total = 0
+
+    def hook(m, i, o):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += o.numel() // o.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total += m.in_features * m.out_features
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(input_shape))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return total
+
+
 def layer_table(model, input_shape=(1, 3, 32, 32)):
     """Rows (name, type, output shape, parameters) for every leaf layer, from one forward pass on zeros."""
     rows, hooks = [], []
@@ -93,6 +115,7 @@ def main(argv=None):
     model = ResNet9()
     rows = [(name, kind, "x".join(map(str, shape)), f"{n:,}") for name, kind, shape, n in layer_table(model)]
     print(tabulate(rows, headers=["layer", "type", "output shape", "params"], colalign=("left",) * 3 + ("right",)))
+    print(f"Multiply-adds per image (forward): {count_macs(model):,}")
     print(f"Total params: {count_params(model):,}")
 
 

@@ -17,6 +17,7 @@ misclassified.png, confusion.png and checkpoint_<epoch>.pt; `--resume DIR` conti
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import platform
@@ -326,6 +327,8 @@ def latest_checkpoint(run_dir):
 def train(cfg):
     """Run (or resume) one training run; returns its summary dict. Raises UserError on bad input."""
     t_start = time.perf_counter()
+    # ignite logs an exception before re-raising it; ours are reported in one line by run_cli
+    logging.getLogger("ignite.engine.engine.Engine").setLevel(logging.CRITICAL)
     device = torch.device(cfg.device)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)

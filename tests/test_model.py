@@ -20,6 +20,13 @@ def test_exercise_architecture_and_parameter_count():
     assert shapes["fc"] == (1, 10)
 
 
+def test_multiply_adds_per_image():
+    # output pixels x output channels x (3x3 x input channels), per conv; then the classifier
+    expected = (32 * 32 * 64 * 27 + 32 * 32 * 128 * 576 + 2 * 16 * 16 * 128 * 1152 + 16 * 16 * 256 * 1152
+                + 8 * 8 * 512 * 2304 + 2 * 4 * 4 * 512 * 4608 + 512 * 10)
+    assert model.count_macs(model.ResNet9()) == expected  # about 379 M
+
+
 def test_residual_blocks_add_their_input():
     block = model.Residual(8).eval()
     x = torch.randn(2, 8, 4, 4)

@@ -1,0 +1,97 @@
+"""Benchmark of the whole train.py run: 24 epochs with the per-epoch test evaluation, timed on the device.
+
+    python scripts/bench.py                         # GPU box: eager, then --compile, 24 epochs each
+    python scripts/bench.py --modes eager --subset 256 --epochs 2 --device cpu   # the same code on a CPU
+
+For each mode it runs train.train() once to warm up (torch.compile's compilation, cuDNN autotuning) and once
+timed, then prints: seconds per epoch (training only, synchronised), total training and evaluation seconds,
+the whole run's wall time, images/s, achieved TFLOP/s against the model's FLOP count (3 x 2 x multiply-adds
+per image: forward + backward), the warm-up run's extra seconds, peak GPU memory, accuracy, GPU and torch.
+LRs come from --lr-json (or --lr-min/--lr-max) and are settled before any timing; lr_range.py times itself.
+Results go to stdout and OUT/bench.json.
+"""
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+import data  # noqa: E402
+import model  # noqa: E402
+import train  # noqa: E402
+
+
+def run_once(cfg):
+    if cfg.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    summary = train.train(cfg)
+    wall = time.perf_counter() - t0
+    history = json.loads((Path(cfg.out) / "metrics.json").read_text())["epochs"]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cfg.device == "cuda" else float("nan")
+    return summary, history, wall, peak
+
+
+def main():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data.add_common_args(p, out_default="runs/bench", out_help="folder for bench.json")
+    p.add_argument("--epochs", type=int, default=24)
+    p.add_argument("--peak-epoch", type=int, default=5)
+    p.add_argument("--lr-min", type=float, default=None, help="default: from --lr-json, as train.py")
+    p.add_argument("--lr-max", type=float, default=None, help="default: from --lr-json, as train.py")
+    p.add_argument("--lr-json", default=train.Config.lr_json, help="range-test result (run first when missing)")
+    p.add_argument("--modes", default="eager,compile", help="comma list of eager, compile (default: both)")
+    args = p.parse_args()
+    data.check_common_args(args)
+    macs = model.count_macs(model.ResNet9())
+    # the LRs are settled before any timing: a missing range test runs here, untimed
+    base = train.Config(data=args.data, out=args.out, device=args.device, seed=args.seed, bs=args.bs,
+                        subset=args.subset, lr_min=args.lr_min, lr_max=args.lr_max, lr_json=args.lr_json)
+    lr_min, lr_max, source = train.resolve_lrs(base, data.load_cifar10(args.data))
+    print(f"LRMIN {lr_min:.4g}, LRMAX {lr_max:.4g} from {source}")
+    rows, results = [], []
+    for mode in args.modes.split(","):
+        runs = []
+        for attempt in ("warm-up", "timed"):
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = train.Config(data=args.data, out=str(Path(tmp) / "run"), device=args.device, seed=args.seed,
+                                   bs=args.bs, subset=args.subset, epochs=args.epochs, peak_epoch=args.peak_epoch,
+                                   lr_min=lr_min, lr_max=lr_max, compile=mode == "compile",
+                                   save_every=args.epochs)
+                train.check_config(cfg)
+                print(f"--- {mode}: {attempt} run")
+                runs.append(run_once(cfg))
+        (summary, history, wall, peak), warm_wall = runs[1], runs[0][2]
+        n_train = args.subset or 50_000
+        per_epoch = [h["train_seconds"] for h in history]
+        train_s = sum(per_epoch)
+        flops = 3 * 2 * macs * n_train * args.epochs
+        r = {"mode": mode, "median_epoch_s": statistics.median(per_epoch), "train_s": train_s,
+             "eval_s": summary["eval_seconds"], "wall_s": wall, "images_per_s": n_train * args.epochs / train_s,
+             "tflops": flops / train_s / 1e12, "pflop": flops / 1e15, "warmup_extra_s": warm_wall - wall,
+             "peak_gib": peak, "accuracy": summary["accuracy"], "tta_accuracy": summary["tta_accuracy"],
+             "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
+             "epochs": args.epochs, "bs": args.bs, "subset": args.subset}
+        results.append(r)
+        rows.append((mode, f"{r['median_epoch_s']:.3f}", f"{train_s:.2f}", f"{r['eval_s']:.2f}", f"{wall:.2f}",
+                     f"{r['images_per_s']:,.0f}", f"{r['tflops']:.1f}", f"{r['warmup_extra_s']:.1f}",
+                     f"{peak:.2f}", f"{100 * r['accuracy']:.2f}", r["device"], r["torch"]))
+    print(tabulate(rows, headers=["mode", "s/epoch", "train s", "eval s", "wall s", "img/s", "TFLOP/s",
+                                  "warm-up +s", "peak GiB", "acc %", "device", "torch"]))
+    print(f"FLOP count: {results[0]['pflop']:.3f} PFLOP for {args.epochs} epochs (3 x 2 x {macs:,} per image)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train.write_json(out / "bench.json", results)
+
+
+if __name__ == "__main__":
+    data.run_cli(main)

@@ -1,0 +1,32 @@
+"""Table of finished runs: python scripts/summarize.py runs/seeds/seed*  (median and minimum at the bottom)."""
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+
+def main(dirs):
+    rows, acc, tta = [], [], []
+    for d in map(Path, dirs):
+        cfg = json.loads((d / "config.json").read_text())
+        final = json.loads((d / "metrics.json").read_text()).get("final")
+        if final is None:
+            print(f"{d}: unfinished, left out", file=sys.stderr)
+            continue
+        acc.append(100 * final["accuracy"])
+        tta.append(100 * final["tta_accuracy"])
+        rows.append((d.name, cfg["seed"], final["eval_set"], f"{acc[-1]:.2f}", f"{tta[-1]:.2f}",
+                     f"{final['lr_min']:.4g}", f"{final['lr_max']:.4g}", f"{final['train_seconds']:.1f}",
+                     f"{final['wall_seconds']:.1f}", cfg["versions"].get("gpu") or "cpu"))
+    if not rows:
+        sys.exit("summarize.py: no finished run among the folders given")
+    print(tabulate(rows, headers=["run", "seed", "eval", "acc %", "flip-TTA %", "LRMIN", "LRMAX", "train s",
+                                  "wall s", "device"]))
+    print(f"\naccuracy over {len(acc)} runs: median {statistics.median(acc):.2f} %, min {min(acc):.2f} %; "
+          f"flip-TTA median {statistics.median(tta):.2f} %, min {min(tta):.2f} %")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

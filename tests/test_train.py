@@ -1,0 +1,153 @@
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from conftest import DATA, ROOT, run_script
+from data import UserError
+
+SMOKE = ["--data", DATA, "--device", "cpu", "--subset", "256", "--bs", "32", "--lr-min", "0.01", "--lr-max", "0.1"]
+ARTEFACTS = ["config.json", "metrics.json", "curves.png", "lr.png", "misclassified.png", "confusion.png"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    r = run_script("train.py", *SMOKE, "--epochs", "3", "--peak-epoch", "1", "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out, r
+
+
+def test_smoke_run_writes_every_artefact_and_learns(smoke_run):
+    out, r = smoke_run
+    for name in ARTEFACTS + ["checkpoint_3.pt"]:
+        assert (out / name).stat().st_size > 0, name
+    m = json.loads((out / "metrics.json").read_text())
+    losses = [e["train_loss"] for e in m["epochs"]]
+    assert len(losses) == 3 and losses[-1] < losses[0] and losses[-1] < math.log(10)
+    assert m["final"]["eval_set"] == "test" and 0 <= m["final"]["tta_accuracy"] <= 1
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["lr_source"] == "flags" and cfg["versions"]["torch"] == torch.__version__
+    assert "test accuracy" in r.stdout.strip().splitlines()[-1]
+
+
+def test_applied_schedule_is_the_one_cycle(smoke_run):
+    out, _ = smoke_run
+    trace = json.loads((out / "metrics.json").read_text())["per_iteration"]
+    ipe = 8  # 256 images / 32
+    lr_ms, mom_ms = train.one_cycle_milestones(ipe, 3, 1, 0.01, 0.1)
+    assert trace["lr"] == pytest.approx(train.simulate(lr_ms, 3 * ipe))
+    assert trace["momentum"] == pytest.approx(train.simulate(mom_ms, 3 * ipe))
+    assert trace["lr"][ipe] == pytest.approx(0.1)  # the first iteration after the peak epoch runs at LRMAX
+    assert trace["lr"][-1] == pytest.approx(0.01) and min(trace["lr"]) >= 0.01  # ends at LRMIN, never below
+
+
+def test_refuses_to_overwrite_a_run(smoke_run):
+    out, _ = smoke_run
+    r = run_script("train.py", *SMOKE, "--epochs", "2", "--peak-epoch", "1", "--out", out)
+    assert r.returncode == 2 and "already holds a run" in r.stderr
+
+
+def test_resume_after_kill_gives_the_same_weights(tmp_path):
+    args = ["--data", DATA, "--device", "cpu", "--subset", "192", "--bs", "32", "--lr-min", "0.02", "--lr-max", "0.3",
+            "--epochs", "2", "--peak-epoch", "1"]
+    r = run_script("train.py", *args, "--out", tmp_path / "whole")
+    assert r.returncode == 0, r.stderr
+    killed = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args), "--out", str(killed)], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint_1.pt").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (killed / "checkpoint_2.pt").exists(), "killed too late: epoch 2 had finished"
+    r = run_script("train.py", "--resume", killed, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    a = torch.load(tmp_path / "whole" / "checkpoint_2.pt", weights_only=False)
+    b = torch.load(killed / "checkpoint_2.pt", weights_only=False)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for i, s in a["optimizer"]["state"].items():
+        assert torch.equal(s["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"])
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", killed))
+    assert [e["train_loss"] for e in ma["epochs"]] == [e["train_loss"] for e in mb["epochs"]]
+    assert ma["per_iteration"] == mb["per_iteration"]
+
+
+def test_nan_loss_stops_with_epoch_and_iteration(tmp_path):
+    out = tmp_path / "nan"
+    r = run_script("train.py", "--data", DATA, "--device", "cpu", "--subset", "64", "--bs", "32", "--epochs", "2",
+                   "--peak-epoch", "1", "--lr-min", "1e29", "--lr-max", "1e30", "--out", out)
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "NaN/inf at epoch 1, iteration" in err[0], r.stderr
+    assert (out / "metrics.json").exists() and (out / "lr.png").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--bs", "0"], "--bs must be positive"),
+    (["--epochs", "5", "--peak-epoch", "5"], "--peak-epoch must be between"),
+    (["--lr-min", "0.5", "--lr-max", "0.4"], "must be below --lr-max"),
+    (["--lr-min", "-0.1", "--lr-max", "0.4"], "--lr-min must be a finite number >= 0"),
+    (["--lr-max", "-1"], "--lr-max must be a finite number >= 0"),
+])
+def test_impossible_flags_are_refused(tmp_path, flags, message):
+    with pytest.raises(UserError, match=message):
+        train.check_config(train.config_from_args(train.parse_args(["--device", "cpu", "--out", str(tmp_path / "x"),
+                                                                     *flags])))
+
+
+def test_impossible_flag_on_the_command_line(tmp_path):
+    r = run_script("train.py", "--device", "cpu", "--epochs", "3", "--peak-epoch", "7", "--out", tmp_path / "x")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--peak-epoch" in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_lrs_come_from_the_range_test(tmp_path, monkeypatch):
+    cfg = train.Config(data=str(DATA), out=str(tmp_path / "run"), bs=64, subset=256,
+                       lr_json=str(tmp_path / "lr_range.json"))
+    ran = []
+
+    def fake_range_test(rc, arrays=None):  # stands in for the sweep; records what it was asked for
+        ran.append(rc)
+        return {"lr_min": 0.003, "lr_max": 0.3}
+
+    import lr_range
+    monkeypatch.setattr(lr_range, "run_range_test", fake_range_test)
+    assert train.resolve_lrs(cfg, None) == (0.003, 0.3, str(tmp_path / "run" / "lr_range.json"))
+    assert (ran[0].bs, ran[0].subset, ran[0].seed, ran[0].out) == (64, 256, 0, cfg.out)  # this run's settings
+    (tmp_path / "lr_range.json").write_text(json.dumps({"lr_min": 0.01, "lr_max": 0.5, "bs": 64, "subset": 256,
+                                                        "val": 0}))
+    assert train.resolve_lrs(cfg, None) == (0.01, 0.5, cfg.lr_json)  # a matching JSON is used as it is
+    assert train.resolve_lrs(train.Config(**{**cfg.__dict__, "lr_max": 0.7}), None) == (0.01, 0.7, cfg.lr_json)
+    (tmp_path / "lr_range.json").write_text(json.dumps({"lr_min": 0.01, "lr_max": 0.5, "bs": 512, "subset": 0,
+                                                        "val": 0}))
+    train.resolve_lrs(cfg, None)
+    assert len(ran) == 2  # made for another batch size: run the test again rather than reuse it
+
+
+def test_summarize_prints_the_seed_table(smoke_run):
+    out, _ = smoke_run
+    r = run_script("scripts/summarize.py", out)
+    assert r.returncode == 0, r.stderr
+    acc = 100 * json.loads((out / "metrics.json").read_text())["final"]["accuracy"]
+    assert f"median {acc:.2f} %, min {acc:.2f} %" in r.stdout
+
+
+def test_bench_runs_on_cpu(tmp_path):
+    r = run_script("scripts/bench.py", "--modes", "eager", "--data", DATA, "--device", "cpu", "--subset", "64",
+                   "--bs", "32", "--epochs", "2", "--peak-epoch", "1", "--lr-min", "0.01", "--lr-max", "0.1",
+                   "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    (res,) = json.loads((tmp_path / "bench.json").read_text())
+    assert res["mode"] == "eager" and res["train_s"] > 0 and res["images_per_s"] > 0
+    assert res["pflop"] == pytest.approx(3 * 2 * 379_261_952 * 64 * 2 / 1e15)
+    assert "img/s" in r.stdout
