@@ -11,6 +11,7 @@ inside the cross-entropy loss (log-softmax + NLL, numerically stable); `predict_
 who want class probabilities. Never softmax the output and then feed it to CrossEntropyLoss.
 """
 import argparse
+import math
 
 import torch
 import torch.nn as nn
@@ -68,44 +69,40 @@ def count_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model, input_shape=(1, 3, 32, 32)):
-    """Multiply-adds of one forward pass per image, from the convolutions and the linear layer (the rest is noise)."""
-    total = 0
-
-    def hook(m, i, o):
-        nonlocal total
-        if isinstance(m, nn.Conv2d):
-            total += o.numel() // o.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        elif isinstance(m, nn.Linear):
-            total += m.in_features * m.out_features
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+def trace_layers(model, input_shape=(1, 3, 32, 32)):
+    """(qualified name, leaf module, output shape) for every leaf layer, in call order, from one eval-mode forward
+    pass on zeros."""
+    seen, hooks = [], []
+    for name, module in model.named_modules():
+        if len(list(module.children())) == 0:
+            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: seen.append((name, m, tuple(o.shape)))))
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        model(torch.zeros(input_shape))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(input_shape))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def count_macs(model):
+    """Multiply-adds of one forward pass per image, from the convolutions and the linear layer (the rest is noise)."""
+    total = 0
+    for _, m, shape in trace_layers(model):
+        if isinstance(m, nn.Conv2d):
+            total += math.prod(shape[1:]) * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total += m.in_features * m.out_features
     return total
 
 
-def layer_table(model, input_shape=(1, 3, 32, 32)):
-    """Rows (name, type, output shape, parameters) for every leaf layer, from one forward pass on zeros."""
-    rows, hooks = [], []
-    for name, module in model.named_modules():
-        if len(list(module.children())) == 0:
-            n = sum(p.numel() for p in module.parameters(recurse=False))
-            hooks.append(module.register_forward_hook(
-                lambda m, i, o, name=name, n=n: rows.append((name, type(m).__name__, tuple(o.shape), n))))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(input_shape))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
-    return rows
+def layer_table(model):
+    """Rows (name, type, output shape, parameters) for every leaf layer."""
+    return [(name, type(m).__name__, shape, sum(p.numel() for p in m.parameters(recurse=False)))
+            for name, m, shape in trace_layers(model)]
 
 
 def main(argv=None):

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver, PiecewiseLinear, Timer
+from ignite.handlers import Checkpoint, DiskSaver, EMAHandler, PiecewiseLinear, Timer
 from ignite.metrics import Accuracy, Loss
 
 import data
@@ -55,6 +55,7 @@ class Config:
     momentum_min: float = 0.85  # at the LR peak
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
+    ema: float = 0.0  # >0: evaluate an exponential moving average of the weights, updated every EMA_EVERY steps
     eval_bs: int = 1000
     compile: bool = False
     save_every: int = 1  # epochs between checkpoints
@@ -168,6 +169,9 @@ class EpochTotals:
                 "first_bad": int(self.first_bad)}
 
 
+EMA_EVERY = 5  # iterations between EMA updates: 1/5 of the launch overhead, the same average over ~epochs
+
+
 class NonFiniteLoss(Exception):
     pass
 
@@ -218,6 +222,10 @@ def check_config(cfg):
         raise UserError("--lr-max must be > 0")
     if cfg.lr_min is not None and cfg.lr_max is not None and cfg.lr_min >= cfg.lr_max:
         raise UserError(f"--lr-min ({cfg.lr_min}) must be below --lr-max ({cfg.lr_max})")
+    if not (0 < cfg.momentum_min < 1 and 0 < cfg.momentum_max < 1):
+        raise UserError(f"--momentum values must be in (0, 1) for Nesterov SGD, got {cfg.momentum_max} {cfg.momentum_min}")
+    if not 0 <= cfg.ema < 1:
+        raise UserError(f"--ema must be in [0, 1), got {cfg.ema}")
     if not 0 <= cfg.label_smoothing < 1:
         raise UserError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.save_every <= 0 or cfg.eval_bs <= 0 or cfg.val < 0:
@@ -331,7 +339,6 @@ def train(cfg):
     logging.getLogger("ignite.engine.engine.Engine").setLevel(logging.CRITICAL)
     device = torch.device(cfg.device)
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
     arrays = data.load_cifar10(cfg.data)
     train_loader, eval_loader = data.make_loaders(arrays, cfg.bs, device, cfg.seed, cfg.subset, cfg.val, cfg.eval_bs)
     if cfg.resume:
@@ -341,12 +348,18 @@ def train(cfg):
         lr_min, lr_max, lr_source = resolve_lrs(cfg, arrays)
     if not 0 <= lr_min < lr_max:
         raise UserError(f"LR bounds must satisfy 0 <= LRMIN < LRMAX, got {lr_min:.4g} and {lr_max:.4g} from {lr_source}")
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or LRs leave no empty run folder behind
 
     raw_model, model = build_model(cfg.seed, device, cfg.compile)
     optimizer = make_optimizer(raw_model, lr_min, cfg.momentum_max, cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     trainer = create_trainer(model, optimizer, loss_fn, device)
-    evaluator = create_evaluator(model, device)
+    eval_model, extra = model, {}
+    if cfg.ema:  # weight averaging: Ignite's EMAHandler, BN statistics averaged alongside the weights
+        ema = EMAHandler(raw_model, momentum=cfg.ema, handle_buffers="update")
+        ema.attach(trainer, event=Events.ITERATION_COMPLETED(every=EMA_EVERY), warn_if_exists=False)
+        eval_model, extra = ema.ema_model, {"ema_model": ema.ema_model}
+    evaluator = create_evaluator(eval_model, device)
 
     n_iter = len(train_loader)
     lr_ms, mom_ms = one_cycle_milestones(n_iter, cfg.epochs, cfg.peak_epoch, lr_min, lr_max,
@@ -401,7 +414,7 @@ def train(cfg):
         write_artefacts()
 
     to_save = {"model": raw_model, "optimizer": optimizer, "trainer": trainer, "lr_sched": lr_sched,
-               "mom_sched": mom_sched}
+               "mom_sched": mom_sched, **extra}
     saver = Checkpoint(to_save, DiskSaver(str(run_dir), require_empty=False), n_saved=1,
                        global_step_transform=lambda e, _: e.state.epoch)
     # saved after the metrics: a kill between the two leaves metrics one epoch ahead, which resume trims
@@ -438,7 +451,7 @@ def train(cfg):
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: preds.append(e.state.output[0].argmax(1)))
     evaluator.run(eval_loader)
     final = dict(evaluator.state.metrics)
-    tta = create_evaluator(model, device, tta=True)
+    tta = create_evaluator(eval_model, device, tta=True)
     tta.run(eval_loader)
     labels = eval_loader.labels.cpu()
     images = (arrays[2][:eval_loader.n] if eval_loader.name == "test" else arrays[0][-cfg.val:][:eval_loader.n])
@@ -491,6 +504,8 @@ def parse_args(argv=None):
     p.add_argument("--val", type=int, default=0, metavar="N",
                    help="evaluate on the last N training images instead of the test set (for choosing settings)")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="cross-entropy label smoothing (default: 0)")
+    p.add_argument("--ema", type=float, default=d.ema, metavar="M",
+                   help=f"evaluate an EMA of the weights, momentum M per update, updated every {EMA_EVERY} steps (default: 0 = off)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay (default: 5e-4)")
     p.add_argument("--momentum", type=float, nargs=2, default=[d.momentum_max, d.momentum_min], metavar=("HI", "LO"),
                    help="momentum at the ends and at the peak of the cycle (default: 0.95 0.85; equal = constant)")
@@ -517,7 +532,7 @@ def config_from_args(args):
     return Config(data=args.data, out=out, device=args.device, seed=args.seed, bs=args.bs, subset=args.subset,
                   val=args.val, epochs=args.epochs, peak_epoch=args.peak_epoch, lr_min=args.lr_min, lr_max=args.lr_max,
                   lr_json=args.lr_json, momentum_max=args.momentum[0], momentum_min=args.momentum[1],
-                  weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, eval_bs=args.eval_bs,
+                  weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, ema=args.ema, eval_bs=args.eval_bs,
                   compile=args.compile, save_every=args.save_every)
 
 

@@ -8,7 +8,8 @@ timed, then prints: seconds per epoch (training only, synchronised), total train
 the whole run's wall time, images/s, achieved TFLOP/s against the model's FLOP count (3 x 2 x multiply-adds
 per image: forward + backward), the warm-up run's extra seconds, peak GPU memory, accuracy, GPU and torch.
 LRs come from --lr-json (or --lr-min/--lr-max) and are settled before any timing; lr_range.py times itself.
-Results go to stdout and OUT/bench.json.
+Before that it times the data path: reading the files, putting the dataset on the device, and one epoch of
+augmented batches. Results go to stdout and OUT/bench.json.
 """
 import argparse
 import json
@@ -25,6 +26,32 @@ from tabulate import tabulate  # noqa: E402
 import data  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_data(args):
+    """Seconds to read the files, to put the dataset on the device (with its statistics), and for one epoch of
+    augmented training batches; each repeated, the best of 3 (the first includes one-off start-up costs)."""
+    times = {"read_s": [], "upload_s": [], "epoch_aug_s": []}
+    for _ in range(3):
+        t0 = time.perf_counter()
+        arrays = data.load_cifar10(args.data)
+        t1 = time.perf_counter()
+        loader, _ = data.make_loaders(arrays, args.bs, args.device, args.seed, args.subset)
+        sync(args.device)
+        t2 = time.perf_counter()
+        for x, y in loader:
+            pass
+        sync(args.device)
+        t3 = time.perf_counter()
+        for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
+            times[k].append(v)
+    return {k: min(v) for k, v in times.items()} | {"first_total_s": sum(v[0] for v in times.values()),
+                                                     "batches": len(loader)}
 
 
 def run_once(cfg):
@@ -53,6 +80,10 @@ def main():
     args = p.parse_args()
     data.check_common_args(args)
     macs = model.count_macs(model.ResNet9())
+    d = bench_data(args)
+    print(tabulate([(f"{d['read_s']:.3f}", f"{d['upload_s']:.3f}", f"{d['epoch_aug_s']:.3f}", d["batches"],
+                     f"{d['first_total_s']:.3f}")],
+                   headers=["read files s", "to device + stats s", "1 epoch augmented s", "batches", "first time, all s"]))
     # the LRs are settled before any timing: a missing range test runs here, untimed
     base = train.Config(data=args.data, out=args.out, device=args.device, seed=args.seed, bs=args.bs,
                         subset=args.subset, lr_min=args.lr_min, lr_max=args.lr_max, lr_json=args.lr_json)
@@ -90,7 +121,7 @@ def main():
     print(f"FLOP count: {results[0]['pflop']:.3f} PFLOP for {args.epochs} epochs (3 x 2 x {macs:,} per image)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train.write_json(out / "bench.json", results)
+    train.write_json(out / "bench.json", {"data": d, "runs": results})
 
 
 if __name__ == "__main__":

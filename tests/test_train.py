@@ -56,7 +56,7 @@ def test_refuses_to_overwrite_a_run(smoke_run):
 
 def test_resume_after_kill_gives_the_same_weights(tmp_path):
     args = ["--data", DATA, "--device", "cpu", "--subset", "192", "--bs", "32", "--lr-min", "0.02", "--lr-max", "0.3",
-            "--epochs", "2", "--peak-epoch", "1"]
+            "--epochs", "2", "--peak-epoch", "1", "--ema", "0.2"]  # with weight averaging, whose state must resume too
     r = run_script("train.py", *args, "--out", tmp_path / "whole")
     assert r.returncode == 0, r.stderr
     killed = tmp_path / "killed"
@@ -72,8 +72,10 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     assert r.returncode == 0, r.stderr
     a = torch.load(tmp_path / "whole" / "checkpoint_2.pt", weights_only=False)
     b = torch.load(killed / "checkpoint_2.pt", weights_only=False)
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
+    for part in ("model", "ema_model"):
+        for k, v in a[part].items():
+            assert torch.equal(v, b[part][k]), (part, k)
+    assert not torch.equal(a["model"]["fc.weight"], a["ema_model"]["fc.weight"])
     for i, s in a["optimizer"]["state"].items():
         assert torch.equal(s["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"])
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", killed))
@@ -98,6 +100,8 @@ def test_nan_loss_stops_with_epoch_and_iteration(tmp_path):
     (["--lr-min", "0.5", "--lr-max", "0.4"], "must be below --lr-max"),
     (["--lr-min", "-0.1", "--lr-max", "0.4"], "--lr-min must be a finite number >= 0"),
     (["--lr-max", "-1"], "--lr-max must be a finite number >= 0"),
+    (["--momentum", "0.95", "1.2"], "--momentum values must be in"),
+    (["--ema", "1.5"], "--ema must be in"),
 ])
 def test_impossible_flags_are_refused(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
@@ -147,7 +151,9 @@ def test_bench_runs_on_cpu(tmp_path):
                    "--bs", "32", "--epochs", "2", "--peak-epoch", "1", "--lr-min", "0.01", "--lr-max", "0.1",
                    "--out", tmp_path)
     assert r.returncode == 0, r.stderr
-    (res,) = json.loads((tmp_path / "bench.json").read_text())
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    (res,) = bench["runs"]
+    assert bench["data"]["batches"] == 2 and bench["data"]["epoch_aug_s"] > 0
     assert res["mode"] == "eager" and res["train_s"] > 0 and res["images_per_s"] > 0
     assert res["pflop"] == pytest.approx(3 * 2 * 379_261_952 * 64 * 2 / 1e15)
     assert "img/s" in r.stdout
