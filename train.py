@@ -142,8 +142,8 @@ def create_evaluator(model, device, tta=False):
 
 
 class EpochTotals:
-    """Sums the trainer's per-iteration loss/accuracy on the device, and remembers the first non-finite loss,
-    without a host sync per iteration; `read()` syncs once, at the end of the epoch."""
+    """Keeps the trainer's per-iteration loss and correct-count tensors (on the device, no kernel, no sync) and
+    reduces them once at the end of the epoch: mean loss, accuracy and the first iteration whose loss was NaN/inf."""
 
     def attach(self, trainer):
         trainer.add_event_handler(Events.EPOCH_STARTED, self.reset)
@@ -151,22 +151,22 @@ class EpochTotals:
         return self
 
     def reset(self, engine):
-        self.loss = self.correct = 0
-        self.n = 0
-        self.first_bad = None  # device tensor: global iteration of the first NaN/inf loss, or -1
+        self.first_iteration = engine.state.iteration + 1
+        self.losses, self.correct, self.sizes = [], [], []
 
     def update(self, engine):
         out = engine.state.output
-        self.loss = self.loss + out["loss"].float() * out["n"]
-        self.correct = self.correct + out["correct"]
-        self.n += out["n"]
-        bad = ~torch.isfinite(out["loss"])
-        first = torch.full_like(out["correct"], -1) if self.first_bad is None else self.first_bad
-        self.first_bad = torch.where(bad & (first < 0), engine.state.iteration, first)
+        self.losses.append(out["loss"])
+        self.correct.append(out["correct"])
+        self.sizes.append(out["n"])
 
     def read(self):
-        return {"loss": float(self.loss) / self.n, "accuracy": float(self.correct) / self.n,
-                "first_bad": int(self.first_bad)}
+        losses = torch.stack(self.losses).float()
+        sizes = torch.tensor(self.sizes, device=losses.device, dtype=torch.float32)
+        bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+        n = sum(self.sizes)
+        return {"loss": float((losses * sizes).sum()) / n, "accuracy": float(torch.stack(self.correct).sum()) / n,
+                "first_bad": self.first_iteration + bad[0] if bad else -1}
 
 
 EMA_EVERY = 5  # iterations between EMA updates: 1/5 of the launch overhead, the same average over ~epochs
