@@ -9,10 +9,13 @@ on the TRAINING images only, stopping once the loss diverges. Then one stated ru
 (see `pick_lrs`):
   1. smooth the raw loss with a centred moving average over log-LR (no lag, unlike an EMA, so the minimum
      does not drift to higher LRs);
-  2. the valley is the LR of the smoothed minimum; LRMAX = valley / MAX_DIVISOR (one order of magnitude below
-     the minimum: at the minimum the loss is already about to blow up, fastai's classic advice);
-  3. LRMIN is where the loss starts to fall: the first LR at which the smoothed loss has covered FALL_FRACTION
-     of its total drop from the starting level (median of the first window of raw losses) to the minimum.
+  2. LRMAX = the valley, the LR just before the smoothed loss turns up: the lowest point reached before the
+     loss first climbs back by TURN_FRACTION of the drop made so far. Not the global minimum: with batch norm
+     the loss can spike at LR ~1 and fall again at LR ~5 (seen in our sweeps), and a larger LR there would not
+     train. No back-off (MAX_BACKOFF = 1): the one-cycle only visits LRMAX briefly, the super-convergence
+     practice (Smith) of taking the largest LR that still lowers the loss;
+  3. LRMIN = where the loss starts to fall: the first LR at which the smoothed loss has made FALL_FRACTION of
+     its drop from the starting level (median of the first window of raw losses) down to the valley.
 Afterwards model and optimizer are exactly as before the test (the finder restores them).
 A loss that never falls, or is NaN from the first step, is an error and writes nothing.
 """
@@ -34,12 +37,14 @@ import data
 import train
 from data import UserError
 
-MAX_DIVISOR = 10.0  # LRMAX = LR at the smoothed minimum / 10
-FALL_FRACTION = 0.1  # LRMIN = first LR where the smoothed loss has made 10 % of its drop
 SMOOTH_FRACTION = 0.1  # moving-average window, as a fraction of the points recorded
-RULE = (f"smooth the loss with a centred moving average ({SMOOTH_FRACTION:.0%} of the points); "
-        f"LRMAX = LR at the smoothed minimum / {MAX_DIVISOR:g}; LRMIN = first LR where the smoothed loss has "
-        f"made {FALL_FRACTION:.0%} of its drop from the start to the minimum")
+TURN_FRACTION = 0.25  # the loss has turned up once it climbs back by 25 % of the drop made so far
+MAX_BACKOFF = 1.0  # LRMAX = valley / MAX_BACKOFF
+FALL_FRACTION = 0.1  # LRMIN = first LR where the smoothed loss has made 10 % of its drop to the valley
+RULE = (f"smooth the loss with a centred moving average ({SMOOTH_FRACTION:.0%} of the points); valley = lowest "
+        f"smoothed loss before it first climbs back by {TURN_FRACTION:.0%} of the drop so far; "
+        f"LRMAX = valley LR / {MAX_BACKOFF:g}; LRMIN = first LR where the smoothed loss has made "
+        f"{FALL_FRACTION:.0%} of its drop from the start to the valley")
 
 
 @dataclasses.dataclass
@@ -71,7 +76,22 @@ def smooth(values, window):
     return out
 
 
-def pick_lrs(lrs, losses, max_divisor=MAX_DIVISOR, fall_fraction=FALL_FRACTION, smooth_fraction=SMOOTH_FRACTION):
+def find_valley(s, start, turn_fraction=TURN_FRACTION, min_drop=0.1):
+    """Index of the lowest smoothed loss before the curve first turns up (climbs back by turn_fraction of the
+    drop made so far, once that drop is at least min_drop of the start); the global minimum if it never does.
+    Returns (index, turned_up)."""
+    best = 0
+    for i, v in enumerate(s):
+        if v < s[best]:
+            best = i
+        drop = start - s[best]
+        if drop > min_drop * abs(start) and v - s[best] > turn_fraction * drop:
+            return best, True
+    return int(np.argmin(s)), False
+
+
+def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, max_backoff=MAX_BACKOFF, fall_fraction=FALL_FRACTION,
+             smooth_fraction=SMOOTH_FRACTION):
     """The rule (module docstring). Returns a dict with lr_min, lr_max, lr_valley, smoothed, and a warning or None.
     Raises UserError when the curve gives no answer."""
     lrs, losses = np.asarray(lrs, dtype=np.float64), np.asarray(losses, dtype=np.float64)
@@ -85,20 +105,20 @@ def pick_lrs(lrs, losses, max_divisor=MAX_DIVISOR, fall_fraction=FALL_FRACTION, 
     window = max(3, round(smooth_fraction * n))
     s = smooth(losses, window)
     start = float(np.median(losses[:window]))  # the starting level, robust to one noisy first batch
-    i_min = int(np.argmin(s))
-    drop = start - s[i_min]
-    if drop < 0.1 * abs(start) or i_min < 3:
-        raise UserError(f"the loss never fell (from {start:.3f} at LR {lrs[0]:.2g} to at best {s[i_min]:.3f} at "
-                        f"{lrs[i_min]:.2g}): widen --start-lr/--end-lr, raise --num-iter, or check model and data")
+    i_valley, turned_up = find_valley(s, start, turn_fraction)
+    drop = start - s[i_valley]
+    if drop < 0.1 * abs(start) or i_valley < 3:
+        raise UserError(f"the loss never fell (from {start:.3f} at LR {lrs[0]:.2g} to at best {s[i_valley]:.3f} at "
+                        f"{lrs[i_valley]:.2g}): widen --start-lr/--end-lr, raise --num-iter, or check model and data")
     i_fall = int(np.argmax(s <= start - fall_fraction * drop))
-    lr_valley, lr_min = float(lrs[i_min]), float(lrs[i_fall])
-    lr_max = lr_valley / max_divisor
+    lr_valley, lr_min = float(lrs[i_valley]), float(lrs[i_fall])
+    lr_max = lr_valley / max_backoff
     if lr_min >= lr_max:
         raise UserError(f"the loss only started to fall (LR {lr_min:.3g}) above the rule's LRMAX {lr_max:.3g}: "
                         "lower --start-lr or raise --num-iter so the sweep resolves the falling part")
     warning = None
-    if i_min >= n - max(3, n // 20) and finite.all():
-        warning = (f"the loss was still falling at the end of the sweep (LR {lrs[-1]:.3g}): LRMAX may be "
+    if not turned_up and finite.all():
+        warning = (f"the loss never turned up before the end of the sweep (LR {lrs[-1]:.3g}): LRMAX may be "
                    "underestimated; raise --end-lr")
     return {"lr_min": lr_min, "lr_max": lr_max, "lr_valley": lr_valley, "smoothed": s.tolist(), "n_used": n,
             "warning": warning}
@@ -117,8 +137,8 @@ def sweep(cfg, model, optimizer, loader):
     @trainer.on(Events.ITERATION_COMPLETED)
     def record_loss(engine):
         raw.append(engine.state.output["loss"].item())  # one sync per iteration is fine for a short sweep
-        if not math.isfinite(raw[-1]):
-            engine.terminate()  # NaN never compares greater than the divergence threshold
+        if not math.isfinite(raw[-1]) or len(raw) == cfg.num_iter:
+            engine.terminate()  # NaN never compares greater than the divergence threshold; the finder runs one more
 
     finder = FastaiLRFinder()
     with finder.attach(trainer, to_save={"model": model, "optimizer": optimizer}, output_transform=lambda o: o["loss"],
@@ -169,7 +189,10 @@ def plot(result, path):
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(lrs, result["losses"], color="C0", alpha=0.35, lw=1, label="raw loss")
     ax.plot(lrs[:n], result["smoothed"], color="C0", lw=2, label="smoothed (centred moving average)")
-    for key, colour, name in (("lr_min", "C2", "LRMIN"), ("lr_max", "C3", "LRMAX"), ("lr_valley", "0.5", "minimum")):
+    marks = [("lr_min", "C2", "LRMIN"), ("lr_max", "C3", "LRMAX")]
+    if result["lr_valley"] != result["lr_max"]:
+        marks.append(("lr_valley", "0.5", "valley"))
+    for key, colour, name in marks:
         ax.axvline(result[key], color=colour, ls="--", lw=1.2, label=f"{name} = {result[key]:.3g}")
     finite = [v for v in result["losses"] if math.isfinite(v)]
     ax.set_ylim(min(finite) * 0.9, min(max(finite), 2 * result["smoothed"][0]) * 1.05)
