@@ -10,12 +10,13 @@ on the TRAINING images only, stopping once the loss diverges. Then one stated ru
   1. smooth the raw loss with a centred moving average over log-LR (no lag, unlike an EMA, so the minimum
      does not drift to higher LRs);
   2. LRMAX = the valley, the LR just before the smoothed loss turns up: the lowest point reached before the
-     loss first climbs back by TURN_FRACTION of the drop made so far. Not the global minimum: with batch norm
+     loss first climbs back by TURN_FRACTION of the drop made so far, taken as the (geometric) centre of its
+     floor, the LRs within VALLEY_TOLERANCE of the drop of that point. Not the global minimum: with batch norm
      the loss can spike at LR ~1 and fall again at LR ~5 (seen in our sweeps), and a larger LR there would not
      train. No back-off (MAX_BACKOFF = 1): the one-cycle only visits LRMAX briefly, the super-convergence
      practice (Smith) of taking the largest LR that still lowers the loss;
-  3. LRMIN = where the loss starts to fall: the first LR at which the smoothed loss has made FALL_FRACTION of
-     its drop from the starting level (median of the first window of raw losses) down to the valley.
+  3. LRMIN = where the loss starts to fall: the LR from which on the smoothed loss stays at least FALL_FRACTION
+     of its drop (starting level = median of the first window of raw losses, down to the valley) below the start.
 Afterwards model and optimizer are exactly as before the test (the finder restores them).
 A loss that never falls, or is NaN from the first step, is an error and writes nothing.
 """
@@ -39,12 +40,14 @@ from data import UserError
 
 SMOOTH_FRACTION = 0.1  # moving-average window, as a fraction of the points recorded
 TURN_FRACTION = 0.25  # the loss has turned up once it climbs back by 25 % of the drop made so far
+VALLEY_TOLERANCE = 0.05  # the valley's floor: within 5 % of the drop of its lowest point; LRMAX is its centre
 MAX_BACKOFF = 1.0  # LRMAX = valley / MAX_BACKOFF
 FALL_FRACTION = 0.1  # LRMIN = first LR where the smoothed loss has made 10 % of its drop to the valley
 RULE = (f"smooth the loss with a centred moving average ({SMOOTH_FRACTION:.0%} of the points); valley = lowest "
-        f"smoothed loss before it first climbs back by {TURN_FRACTION:.0%} of the drop so far; "
-        f"LRMAX = valley LR / {MAX_BACKOFF:g}; LRMIN = first LR where the smoothed loss has made "
-        f"{FALL_FRACTION:.0%} of its drop from the start to the valley")
+        f"smoothed loss before it first climbs back by {TURN_FRACTION:.0%} of the drop so far, taken as the centre "
+        f"of its floor (within {VALLEY_TOLERANCE:.0%} of the drop); "
+        f"LRMAX = valley LR / {MAX_BACKOFF:g}; LRMIN = LR from which on the smoothed loss stays "
+        f"{FALL_FRACTION:.0%} of its drop (start to valley) below the start")
 
 
 @dataclasses.dataclass
@@ -110,8 +113,17 @@ def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, max_backoff=MAX_BACKOFF, 
     if drop < 0.1 * abs(start) or i_valley < 3:
         raise UserError(f"the loss never fell (from {start:.3f} at LR {lrs[0]:.2g} to at best {s[i_valley]:.3f} at "
                         f"{lrs[i_valley]:.2g}): widen --start-lr/--end-lr, raise --num-iter, or check model and data")
-    i_fall = int(np.argmax(s <= start - fall_fraction * drop))
-    lr_valley, lr_min = float(lrs[i_valley]), float(lrs[i_fall])
+    # from here on the loss stays below the threshold: an early noisy dip does not count as the start of the fall
+    above = np.nonzero(s[:i_valley + 1] > start - fall_fraction * drop)[0]
+    i_fall = int(above[-1]) + 1 if len(above) else 0
+    # the floor of a flat valley is several LR steps wide and noise picks its lowest point: take its centre
+    floor = s <= s[i_valley] + VALLEY_TOLERANCE * drop
+    a = b = i_valley
+    while a > 0 and floor[a - 1]:
+        a -= 1
+    while b + 1 < n and floor[b + 1]:
+        b += 1
+    lr_valley, lr_min = float(np.sqrt(lrs[a] * lrs[b])), float(lrs[i_fall])
     lr_max = lr_valley / max_backoff
     if lr_min >= lr_max:
         raise UserError(f"the loss only started to fall (LR {lr_min:.3g}) above the rule's LRMAX {lr_max:.3g}: "
