@@ -22,7 +22,6 @@ A loss that never falls, or is NaN from the first step, is an error and writes n
 """
 import argparse
 import dataclasses
-import json
 import math
 import time
 import warnings

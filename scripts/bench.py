@@ -45,7 +45,7 @@ def bench_data(args):
         loader, _ = data.make_loaders(arrays, args.bs, args.device, args.seed, args.subset)
         sync(args.device)
         t2 = time.perf_counter()
-        for x, y in loader:
+        for _ in loader:
             pass
         sync(args.device)
         t3 = time.perf_counter()

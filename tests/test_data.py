@@ -44,8 +44,10 @@ def test_batched_augmentation_equals_per_image_reference(arrays):
     mean, std = data.channel_stats(arrays[0])
     draws = data.draw_augmentation(64, torch.Generator().manual_seed(1))
     # force the border cases of crop, flip and cutout into the batch
-    draws["dy"][:4] = torch.tensor([0, 8, 0, 8]); draws["dx"][:4] = torch.tensor([0, 8, 8, 0])
-    draws["cy"][:4] = torch.tensor([0, 31, 3, 28]); draws["cx"][:4] = torch.tensor([31, 0, 4, 16])
+    draws["dy"][:4] = torch.tensor([0, 8, 0, 8])
+    draws["dx"][:4] = torch.tensor([0, 8, 8, 0])
+    draws["cy"][:4] = torch.tensor([0, 31, 3, 28])
+    draws["cx"][:4] = torch.tensor([31, 0, 4, 16])
     draws["flip"][:2] = torch.tensor([True, False])
     padded = torch.nn.functional.pad(images, (0, 0, 4, 4, 4, 4))
     batched = data.augment(padded, draws, mean, std)

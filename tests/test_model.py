@@ -51,4 +51,4 @@ def test_cli_prints_table_with_total():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[-1] == "Total params: 6,573,130"
-    assert any(l.startswith("layer3.1.res1.0") and "2,359,296" in l for l in lines)
+    assert any(line.startswith("layer3.1.res1.0") and "2,359,296" in line for line in lines)
