@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Stability of the range-test rule: five seeds, LRMIN/LRMAX of each and the max/min ratio (the goal: < 1.5).
-#   bash scripts/lr_stability.sh [OUT]
+#   bash scripts/lr_stability.sh [OUT] [extra lr_range.py flags]
 set -euo pipefail
-out=${1:-runs/lr_stability}
-for seed in 0 1 2 3 4; do python3 lr_range.py --seed "$seed" --out "$out/seed$seed"; done
+out=${1:-runs/lr_stability}; shift || true
+for seed in 0 1 2 3 4; do python3 lr_range.py --seed "$seed" --out "$out/seed$seed" "$@"; done
 python3 - "$out" <<'PY'
 import json, sys
 from pathlib import Path

@@ -2,12 +2,17 @@
 # The accuracy claim: one LR range test, then five full 24-epoch runs (seeds 0..4) with the LRs it found,
 # and a table of final test accuracy, flip-TTA accuracy, LRs and wall time.
 #   bash scripts/seeds.sh [OUT] [extra train.py flags...]        (OUT default runs/seeds)
+# COMMON="..." adds flags to both scripts, RANGE="..." to lr_range.py alone (e.g. a tiny CPU rehearsal:
+#   COMMON="--data tests/data --device cpu --subset 256 --bs 64" RANGE="--num-iter 40 --start-lr 1e-3" \
+#   bash scripts/seeds.sh /tmp/seeds --epochs 2 --peak-epoch 1)
 set -euo pipefail
 out=${1:-runs/seeds}; shift || true
 mkdir -p "$out"
-python3 lr_range.py --out "$out/lr_range" --seed 0
+# shellcheck disable=SC2086
+python3 lr_range.py --out "$out/lr_range" --seed 0 ${COMMON:-} ${RANGE:-}
 for seed in 0 1 2 3 4; do
+  # shellcheck disable=SC2086
   python3 train.py --epochs 24 --bs 512 --seed "$seed" --lr-json "$out/lr_range/lr_range.json" \
-    --out "$out/seed$seed" --save-every 24 "$@"
+    --out "$out/seed$seed" --save-every 24 ${COMMON:-} "$@"
 done
 python3 scripts/summarize.py "$out"/seed*

@@ -23,7 +23,7 @@ def main(dirs):
     if not rows:
         sys.exit("summarize.py: no finished run among the folders given")
     print(tabulate(rows, headers=["run", "seed", "eval", "acc %", "flip-TTA %", "LRMIN", "LRMAX", "train s",
-                                  "wall s", "device"]))
+                                  "wall s", "device"], disable_numparse=True))
     print(f"\naccuracy over {len(acc)} runs: median {statistics.median(acc):.2f} %, min {min(acc):.2f} %; "
           f"flip-TTA median {statistics.median(tta):.2f} %, min {min(tta):.2f} %")
 

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Choosing the extras on a validation split, never on the test set: the last 5,000 training images are held out
+# (--val 5000, for the range test too), and each variant trains 24 epochs on the other 45,000 with two seeds.
+#   bash scripts/ablate.sh [OUT] [extra train.py flags]   -> the table of validation accuracy per variant
+# COMMON="..." adds flags to both scripts, RANGE="..." to lr_range.py alone (as in seeds.sh).
+set -euo pipefail
+out=${1:-runs/ablate}; shift || true
+mkdir -p "$out"
+# shellcheck disable=SC2086
+python3 lr_range.py --val 5000 --out "$out/lr_range" ${COMMON:-} ${RANGE:-}
+declare -A variants=(
+  [base]=""
+  [ls0.2]="--label-smoothing 0.2"
+  [ema]="--ema 0.025"
+  [mom0.9]="--momentum 0.9 0.9"
+  [ls0.2_ema]="--label-smoothing 0.2 --ema 0.025"
+)
+for name in "${!variants[@]}"; do
+  for seed in 0 1; do
+    # shellcheck disable=SC2086
+    python3 train.py --val 5000 --seed "$seed" --lr-json "$out/lr_range/lr_range.json" --save-every 24 \
+      --out "$out/$name-s$seed" ${variants[$name]} ${COMMON:-} "$@"
+  done
+done
+python3 scripts/summarize.py "$out"/*-s*
