@@ -42,6 +42,7 @@ TURN_FRACTION = 0.25  # the loss has turned up once it climbs back by 25 % of th
 VALLEY_TOLERANCE = 0.05  # the valley's floor: within 5 % of the drop of its lowest point; LRMAX is its centre
 MAX_BACKOFF = 1.0  # LRMAX = valley / MAX_BACKOFF
 FALL_FRACTION = 0.1  # LRMIN = first LR where the smoothed loss has made 10 % of its drop to the valley
+MIN_DROP = 0.1  # a curve whose smoothed loss never falls 10 % below its start has no answer
 RULE = (f"smooth the loss with a centred moving average ({SMOOTH_FRACTION:.0%} of the points); valley = lowest "
         f"smoothed loss before it first climbs back by {TURN_FRACTION:.0%} of the drop so far, taken as the centre "
         f"of its floor (within {VALLEY_TOLERANCE:.0%} of the drop); "
@@ -78,7 +79,7 @@ def smooth(values, window):
     return out
 
 
-def find_valley(s, start, turn_fraction=TURN_FRACTION, min_drop=0.1):
+def find_valley(s, start, turn_fraction=TURN_FRACTION, min_drop=MIN_DROP):
     """Index of the lowest smoothed loss before the curve first turns up (climbs back by turn_fraction of the
     drop made so far, once that drop is at least min_drop of the start); the global minimum if it never does.
     Returns (index, turned_up)."""
@@ -92,8 +93,8 @@ def find_valley(s, start, turn_fraction=TURN_FRACTION, min_drop=0.1):
     return int(np.argmin(s)), False
 
 
-def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, max_backoff=MAX_BACKOFF, fall_fraction=FALL_FRACTION,
-             smooth_fraction=SMOOTH_FRACTION):
+def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, valley_tolerance=VALLEY_TOLERANCE, max_backoff=MAX_BACKOFF,
+             fall_fraction=FALL_FRACTION, smooth_fraction=SMOOTH_FRACTION):
     """The rule (module docstring). Returns a dict with lr_min, lr_max, lr_valley, smoothed, and a warning or None.
     Raises UserError when the curve gives no answer."""
     lrs, losses = np.asarray(lrs, dtype=np.float64), np.asarray(losses, dtype=np.float64)
@@ -109,14 +110,14 @@ def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, max_backoff=MAX_BACKOFF, 
     start = float(np.median(losses[:window]))  # the starting level, robust to one noisy first batch
     i_valley, turned_up = find_valley(s, start, turn_fraction)
     drop = start - s[i_valley]
-    if drop < 0.1 * abs(start) or i_valley < 3:
+    if drop < MIN_DROP * abs(start) or i_valley < 3:
         raise UserError(f"the loss never fell (from {start:.3f} at LR {lrs[0]:.2g} to at best {s[i_valley]:.3f} at "
                         f"{lrs[i_valley]:.2g}): widen --start-lr/--end-lr, raise --num-iter, or check model and data")
     # from here on the loss stays below the threshold: an early noisy dip does not count as the start of the fall
     above = np.nonzero(s[:i_valley + 1] > start - fall_fraction * drop)[0]
     i_fall = int(above[-1]) + 1 if len(above) else 0
     # the floor of a flat valley is several LR steps wide and noise picks its lowest point: take its centre
-    floor = s <= s[i_valley] + VALLEY_TOLERANCE * drop
+    floor = s <= s[i_valley] + valley_tolerance * drop
     a = b = i_valley
     while a > 0 and floor[a - 1]:
         a -= 1
