@@ -445,7 +445,9 @@ def train(cfg):
         ProgressBar(persist=False).attach(trainer)
     t_loop = time.perf_counter()
     try:
-        trainer.run(train_loader, max_epochs=cfg.epochs)  # epochs, per-epoch evaluation, metrics, checkpoints
+        # (Ignite would restart a finished run from epoch 1: a complete run only gets its final report again)
+        if trainer.state.epoch < cfg.epochs:
+            trainer.run(train_loader, max_epochs=cfg.epochs)  # epochs, per-epoch evaluation, metrics, checkpoints
     except NonFiniteLoss as e:
         write_metrics()
         write_plots()

@@ -81,6 +81,10 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", killed))
     assert [e["train_loss"] for e in ma["epochs"]] == [e["train_loss"] for e in mb["epochs"]]
     assert ma["per_iteration"] == mb["per_iteration"]
+    r = run_script("train.py", "--resume", killed, "--device", "cpu")  # a finished run: no more training
+    assert r.returncode == 0, r.stderr
+    again = json.loads((killed / "metrics.json").read_text())
+    assert again["epochs"] == mb["epochs"] and again["final"]["accuracy"] == mb["final"]["accuracy"]
 
 
 def test_nan_loss_stops_with_epoch_and_iteration(tmp_path):
