@@ -17,6 +17,8 @@ on the TRAINING images only, stopping once the loss diverges. Then one stated ru
      practice (Smith) of taking the largest LR that still lowers the loss;
   3. LRMIN = where the loss starts to fall: the LR from which on the smoothed loss stays at least FALL_FRACTION
      of its drop (starting level = median of the first window of raw losses, down to the valley) below the start.
+With --sweeps K the rule reads the LR-by-LR mean of K sweeps (seeds seed..seed+K-1): the valley of one sweep
+is broad and noisy (its position varies by ~1.5x between seeds), and averaging is cheap on a GPU.
 Afterwards model and optimizer are exactly as before the test (the finder restores them).
 A loss that never falls, or is NaN from the first step, is an error and writes nothing.
 """
@@ -60,6 +62,7 @@ class RangeConfig:
     subset: int = 0
     val: int = 0  # held-out training images, excluded from the sweep (so train.py --val sees the same split)
     num_iter: int = 200
+    sweeps: int = 1  # >1: average the loss curves of this many sweeps (seeds seed, seed+1, ...) before the rule
     start_lr: float = 1e-5
     end_lr: float = 10.0
     momentum: float = 0.9
@@ -170,19 +173,26 @@ def run_range_test(cfg, arrays=None):
     t0 = time.perf_counter()
     if arrays is None:
         arrays = data.load_cifar10(cfg.data)
-    loader, _ = data.make_loaders(arrays, cfg.bs, cfg.device, cfg.seed, cfg.subset, cfg.val)
-    model, compiled = train.build_model(cfg.seed, cfg.device)
-    optimizer = train.make_optimizer(model, cfg.start_lr, cfg.momentum, cfg.weight_decay)
-    lrs, losses = sweep(cfg, compiled, optimizer, loader)
+    curves = []
+    for seed in range(cfg.seed, cfg.seed + cfg.sweeps):  # each sweep: its own initial weights, order and augmentation
+        loader, _ = data.make_loaders(arrays, cfg.bs, cfg.device, seed, cfg.subset, cfg.val)
+        model, compiled = train.build_model(seed, cfg.device)
+        optimizer = train.make_optimizer(model, cfg.start_lr, cfg.momentum, cfg.weight_decay)
+        curves.append(sweep(cfg, compiled, optimizer, loader))
     if cfg.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    # the same exponential schedule in every sweep: average the losses LR by LR, up to the shortest sweep
+    n = min(len(c[1]) for c in curves)
+    lrs = curves[0][0][:n]
+    losses = np.mean([c[1][:n] for c in curves], axis=0).tolist()
     picked = pick_lrs(lrs, losses)
     result = {"lr_min": picked["lr_min"], "lr_max": picked["lr_max"], "lr_valley": picked["lr_valley"],
               "rule": RULE, "seed": cfg.seed, "bs": cfg.bs, "subset": cfg.subset, "val": cfg.val,
               "num_iter": cfg.num_iter, "start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "momentum": cfg.momentum,
               "weight_decay": cfg.weight_decay, "device": cfg.device, "seconds": seconds, "warning": picked["warning"],
-              "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"], "versions": train.versions(cfg.device)}
+              "sweeps": cfg.sweeps, "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"],
+              "sweep_losses": [c[1] for c in curves] if cfg.sweeps > 1 else None, "versions": train.versions(cfg.device)}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     plot(result, out / "lr_range.png")
@@ -199,7 +209,11 @@ def plot(result, path):
 
     lrs, n = result["lrs"], len(result["smoothed"])
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(lrs, result["losses"], color="C0", alpha=0.35, lw=1, label="raw loss")
+    for i, curve in enumerate(result.get("sweep_losses") or []):
+        ax.plot(lrs[:len(curve)], curve[:len(lrs)], color="0.6", alpha=0.3, lw=0.8,
+                label="single sweeps" if i == 0 else None)
+    ax.plot(lrs, result["losses"], color="C0", alpha=0.35, lw=1,
+            label=f"raw loss (mean of {result['sweeps']} sweeps)" if result.get("sweeps", 1) > 1 else "raw loss")
     ax.plot(lrs[:n], result["smoothed"], color="C0", lw=2, label="smoothed (centred moving average)")
     marks = [("lr_min", "C2", "LRMIN"), ("lr_max", "C3", "LRMAX")]
     if result["lr_valley"] != result["lr_max"]:
@@ -218,6 +232,8 @@ def plot(result, path):
 
 
 def check(cfg):
+    if cfg.sweeps < 1:
+        raise UserError(f"--sweeps must be at least 1, got {cfg.sweeps}")
     if cfg.num_iter < 10:
         raise UserError(f"--num-iter must be at least 10, got {cfg.num_iter}")
     if not 0 < cfg.start_lr < cfg.end_lr:
@@ -236,11 +252,13 @@ def main():
     p.add_argument("--end-lr", type=float, default=d.end_lr, help=f"last LR of the sweep (default: {d.end_lr:g})")
     p.add_argument("--val", type=int, default=0, metavar="N",
                    help="leave out the last N training images, as train.py --val N does (default: 0)")
+    p.add_argument("--sweeps", type=int, default=d.sweeps,
+                   help="average the loss curves of K sweeps (seeds seed..seed+K-1) before the rule (default: 1)")
     args = p.parse_args()
     data.check_common_args(args)
     cfg = RangeConfig(data=args.data, out=args.out, device=args.device, seed=args.seed, bs=args.bs,
                       subset=args.subset, val=args.val, num_iter=args.num_iter, start_lr=args.start_lr,
-                      end_lr=args.end_lr)
+                      end_lr=args.end_lr, sweeps=args.sweeps)
     run_range_test(cfg)
 
 

@@ -101,9 +101,13 @@ def test_model_and_optimizer_restored_bit_for_bit():
 
 def test_cli_end_to_end_on_cpu(tmp_path):
     r = run_script("lr_range.py", "--data", DATA, "--out", tmp_path, "--device", "cpu", "--subset", "256",
-                   "--bs", "64", "--num-iter", "40", "--start-lr", "1e-3")
+                   "--bs", "64", "--num-iter", "40", "--start-lr", "1e-3", "--sweeps", "2")
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "lr_range.json").read_text())
+    assert res["sweeps"] == 2 and len(res["sweep_losses"]) == 2  # the rule reads their LR-by-LR mean
+    n = len(res["losses"])
+    np.testing.assert_allclose(res["losses"], np.mean([c[:n] for c in res["sweep_losses"]], axis=0))
+    assert res["sweep_losses"][0][:n] != res["sweep_losses"][1][:n]  # two seeds, two different sweeps
     assert (tmp_path / "lr_range.png").read_bytes()[:4] == b"\x89PNG"
     for key in ("lrs", "losses", "lr_min", "lr_max", "rule", "seed", "bs"):
         assert key in res
