@@ -13,6 +13,7 @@ Epochs: every training image once per epoch in a fresh order; the last batch is 
 iterations, the 98th has 336 images) rather than dropped, so no image is skipped in any epoch.
 """
 import argparse
+import json
 import os
 import pickle
 import sys
@@ -240,13 +241,22 @@ def run_cli(main):
         sys.exit(2)
 
 
-def save_figure(fig, path):
-    """Write a matplotlib figure atomically, so an interrupted run never leaves a half-written PNG."""
+def atomic_write(path, write):
+    """Call write(tmp_path), then rename tmp onto path: a kill never leaves a half-written file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    write(tmp)
     os.replace(tmp, path)
+
+
+def save_figure(fig, path):
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format=fmt))
+
+
+def write_json(path, obj):
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
 
 
 def main():

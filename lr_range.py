@@ -196,7 +196,7 @@ def run_range_test(cfg, arrays=None):
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     plot(result, out / "lr_range.png")
-    train.write_json(out / "lr_range.json", result)
+    data.write_json(out / "lr_range.json", result)
     if picked["warning"]:
         print(f"warning: {picked['warning']}")
     print(f"LRMIN {result['lr_min']:.4g}  LRMAX {result['lr_max']:.4g}  (valley {result['lr_valley']:.4g}; "

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import platform
 import sys
 import time
@@ -236,13 +235,6 @@ def check_config(cfg):
 # ---------------------------------------------------------------------------------------------- artefacts
 
 
-def write_json(path, obj):
-    """Atomic: write a temporary file, then rename, so a kill never leaves half a JSON."""
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def plot_curves(history, path):
     import matplotlib.pyplot as plt
 
@@ -389,7 +381,7 @@ def train(cfg):
               "command": " ".join(sys.argv)}
 
     def write_metrics(**extra_fields):
-        write_json(run_dir / "metrics.json", {"epochs": history, "per_iteration": trace, **extra_fields})
+        data.write_json(run_dir / "metrics.json", {"epochs": history, "per_iteration": trace, **extra_fields})
 
     def write_plots():  # at the end only: matplotlib costs more than a GPU epoch
         if history:
@@ -437,7 +429,7 @@ def train(cfg):
         print(f"resuming {run_dir} from {ckpt.name} (epoch {done} of {cfg.epochs})")
     else:
         print_config(config)
-    write_json(run_dir / "config.json", config)
+    data.write_json(run_dir / "config.json", config)
 
     if sys.stderr.isatty():
         from ignite.handlers import ProgressBar
@@ -462,7 +454,7 @@ def train(cfg):
     tta = create_evaluator(eval_model, device, tta=True)
     tta.run(eval_loader)
     labels = eval_loader.labels.cpu()
-    images = (arrays[2][:eval_loader.n] if eval_loader.name == "test" else arrays[0][-cfg.val:][:eval_loader.n])
+    images = data.split_data(arrays, cfg.subset, cfg.val)[2]  # the evaluation images, as the loader took them
     plot_predictions(images, labels, torch.cat(preds).cpu(), run_dir / "misclassified.png", run_dir / "confusion.png",
                      eval_loader.name)
     write_plots()

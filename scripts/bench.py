@@ -123,7 +123,7 @@ def main():
     print(f"FLOP count: {results[0]['pflop']:.3f} PFLOP for {args.epochs} epochs (3 x 2 x {macs:,} per image)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train.write_json(out / "bench.json", {"data": d, "runs": results})
+    data.write_json(out / "bench.json", {"data": d, "runs": results})
 
 
 if __name__ == "__main__":
