@@ -86,10 +86,16 @@ def simulate(milestones, num_events):
 # ---------------------------------------------------------------------------------------------- model, step, engines
 
 
+def gpu_path(device):
+    """bf16 autocast and channels-last (tensor cores) on CUDA; a CPU runs float32, NCHW. One switch, so a CPU test
+    can run the GPU code path."""
+    return torch.device(device).type == "cuda"
+
+
 def build_model(seed, device, compile=False):
     torch.manual_seed(seed)
     model = ResNet9().to(device)
-    if torch.device(device).type == "cuda":
+    if gpu_path(device):
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once and keep the fastest
     return model, (torch.compile(model) if compile else model)
@@ -100,9 +106,8 @@ def make_optimizer(model, lr, momentum=0.9, weight_decay=5e-4):
 
 
 def autocast(device):
-    """bf16 autocast on CUDA (tensor cores); a no-op on a CPU, where the same code runs in float32."""
-    device = torch.device(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """bf16 autocast on the GPU path; a no-op on a CPU, where the same code runs in float32."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=gpu_path(device))
 
 
 def create_trainer(model, optimizer, loss_fn, device):
@@ -275,7 +280,7 @@ def plot_predictions(images, labels, preds, path_mis, path_conf, name):
     import matplotlib.pyplot as plt
 
     k = len(data.CLASSES)
-    conf = torch.bincount(labels * k + preds, minlength=k * k).reshape(k, k)
+    conf = torch.bincount(labels * k + preds, minlength=k * k).reshape(k, k).numpy()
     fig, ax = plt.subplots(figsize=(7, 6))
     ax.imshow(conf, cmap="Blues")
     for i in range(k):

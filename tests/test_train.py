@@ -161,3 +161,24 @@ def test_bench_runs_on_cpu(tmp_path):
     assert res["mode"] == "eager" and res["train_s"] > 0 and res["images_per_s"] > 0
     assert res["pflop"] == pytest.approx(3 * 2 * 379_261_952 * 64 * 2 / 1e15)
     assert "img/s" in r.stdout
+
+
+def test_gpu_code_path_runs_on_a_cpu(tmp_path, monkeypatch):
+    """CI has no GPU, so force the CUDA-only choices (bf16 autocast, channels-last weights) on the CPU: the step,
+    EMA, both evaluators, the NaN check and the checkpoint must all cope with bf16 activations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    monkeypatch.setattr(train, "gpu_path", lambda device: True)
+    with train.autocast("cpu"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    raw, _ = train.build_model(0, "cpu")
+    assert raw.prep[0].weight.is_contiguous(memory_format=torch.channels_last)
+    cfg = train.Config(data=str(DATA), out=str(tmp_path / "run"), device="cpu", subset=64, bs=32, epochs=2,
+                       peak_epoch=1, lr_min=0.01, lr_max=0.1, ema=0.2, label_smoothing=0.1)
+    summary = train.train(cfg)
+    epochs = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
+    assert all(math.isfinite(e["train_loss"]) and math.isfinite(e["eval_loss"]) for e in epochs)
+    assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["tta_accuracy"] <= 1
+    state = torch.load(tmp_path / "run" / "checkpoint_2.pt", weights_only=False)
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())  # master weights
