@@ -56,7 +56,7 @@ class Config:
     label_smoothing: float = 0.0
     ema: float = 0.0  # >0: evaluate an exponential moving average of the weights, updated every EMA_EVERY steps
     eval_bs: int = 1000
-    compile: bool = False
+    compile: str = ""  # "" = eager; else a torch.compile mode from COMPILE_MODES
     save_every: int = 1  # epochs between checkpoints
     resume: str = ""
 
@@ -92,13 +92,17 @@ def gpu_path(device):
     return torch.device(device).type == "cuda"
 
 
-def build_model(seed, device, compile=False):
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
+def build_model(seed, device, compile=""):
+    """(raw model, model to call): the second is torch.compile'd with mode `compile` unless that is ""."""
     torch.manual_seed(seed)
     model = ResNet9().to(device)
     if gpu_path(device):
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once and keep the fastest
-    return model, (torch.compile(model) if compile else model)
+    return model, (torch.compile(model, mode=compile) if compile else model)
 
 
 def make_optimizer(model, lr, momentum=0.9, weight_decay=5e-4):
@@ -517,7 +521,9 @@ def parse_args(argv=None):
     p.add_argument("--momentum", type=float, nargs=2, default=[d.momentum_max, d.momentum_min], metavar=("HI", "LO"),
                    help="momentum at the ends and at the peak of the cycle (default: 0.95 0.85; equal = constant)")
     p.add_argument("--eval-bs", type=int, default=d.eval_bs, help="evaluation batch size (default: 1000)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (faster on a GPU after a warm-up)")
+    p.add_argument("--compile", nargs="?", const="default", default="", choices=COMPILE_MODES, metavar="MODE",
+                   help="torch.compile the model, optionally with a mode: " + ", ".join(COMPILE_MODES) +
+                   " (default: off; bare --compile = default)")
     p.add_argument("--save-every", type=int, default=d.save_every, help="epochs between checkpoints (default: 1)")
     return p.parse_args(argv)
 

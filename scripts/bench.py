@@ -55,6 +55,11 @@ def bench_data(args):
                                                      "batches": len(loader)}
 
 
+def compile_mode(mode):
+    """bench mode -> train.Config.compile: eager -> "", compile -> "default", compile:MODE -> MODE."""
+    return "" if mode == "eager" else mode.partition(":")[2] or "default"
+
+
 def run_once(cfg):
     if cfg.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -77,9 +82,15 @@ def main():
     p.add_argument("--lr-min", type=float, default=None, help="default: from --lr-json, as train.py")
     p.add_argument("--lr-max", type=float, default=None, help="default: from --lr-json, as train.py")
     p.add_argument("--lr-json", default=train.Config.lr_json, help="range-test result (run first when missing)")
-    p.add_argument("--modes", default="eager,compile", help="comma list of eager, compile (default: both)")
+    p.add_argument("--modes", default="eager,compile",
+                   help="comma list of eager, compile, compile:MODE with MODE one of " + ", ".join(train.COMPILE_MODES) +
+                   " (default: eager,compile); a mode that fails is reported and the others still run")
     args = p.parse_args()
     data.check_common_args(args)
+    modes = args.modes.split(",")
+    for mode in modes:
+        if not (mode in ("eager", "compile") or mode.startswith("compile:") and compile_mode(mode) in train.COMPILE_MODES):
+            raise data.UserError(f"--modes: unknown mode {mode!r} (eager, compile, compile:MODE)")
     macs = model.count_macs(model.ResNet9())
     d = bench_data(args)
     print(tabulate([(f"{d['read_s']:.3f}", f"{d['upload_s']:.3f}", f"{d['epoch_aug_s']:.3f}", d["batches"],
@@ -91,17 +102,24 @@ def main():
     lr_min, lr_max, source = train.resolve_lrs(base, data.load_cifar10(args.data))
     print(f"LRMIN {lr_min:.4g}, LRMAX {lr_max:.4g} from {source}")
     rows, results = [], []
-    for mode in args.modes.split(","):
+    for mode in modes:
         runs = []
-        for attempt in ("warm-up", "timed"):
-            with tempfile.TemporaryDirectory() as tmp:
-                cfg = train.Config(data=args.data, out=str(Path(tmp) / "run"), device=args.device, seed=args.seed,
-                                   bs=args.bs, subset=args.subset, epochs=args.epochs, peak_epoch=args.peak_epoch,
-                                   lr_min=lr_min, lr_max=lr_max, compile=mode == "compile",
-                                   save_every=args.epochs)
-                train.check_config(cfg)
-                print(f"--- {mode}: {attempt} run")
-                runs.append(run_once(cfg))
+        torch._dynamo.reset()  # each mode compiles from scratch: its warm-up run pays, its timed run does not
+        try:
+            for attempt in ("warm-up", "timed"):
+                with tempfile.TemporaryDirectory() as tmp:
+                    cfg = train.Config(data=args.data, out=str(Path(tmp) / "run"), device=args.device, seed=args.seed,
+                                       bs=args.bs, subset=args.subset, epochs=args.epochs, peak_epoch=args.peak_epoch,
+                                       lr_min=lr_min, lr_max=lr_max, compile=compile_mode(mode),
+                                       save_every=args.epochs)
+                    train.check_config(cfg)
+                    print(f"--- {mode}: {attempt} run")
+                    runs.append(run_once(cfg))
+        except Exception as e:  # one failing compile mode must not cost the other measurements of a GPU session
+            print(f"--- {mode} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            results.append({"mode": mode, "error": f"{type(e).__name__}: {e}"[:2000]})
+            rows.append((mode, "failed") + ("",) * 11)
+            continue
         (summary, history, wall, peak), warm_wall = runs[1], runs[0][2]
         n_train = args.subset or 50_000
         per_epoch = [h["train_seconds"] for h in history]
@@ -120,7 +138,8 @@ def main():
                      f"{peak:.2f}", f"{100 * r['accuracy']:.2f}", r["device"], r["torch"]))
     print(tabulate(rows, headers=["mode", "s/epoch", "train s", "eval s", "loop s", "wall s", "img/s", "TFLOP/s",
                                   "warm-up +s", "peak GiB", "acc %", "device", "torch"]))
-    print(f"FLOP count: {results[0]['pflop']:.3f} PFLOP for {args.epochs} epochs (3 x 2 x {macs:,} per image)")
+    pflop = 3 * 2 * macs * (args.subset or 50_000) * args.epochs / 1e15
+    print(f"FLOP count: {pflop:.3f} PFLOP for {args.epochs} epochs (3 x 2 x {macs:,} multiply-adds per image)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data.write_json(out / "bench.json", {"data": d, "runs": results})

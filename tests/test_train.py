@@ -182,3 +182,12 @@ def test_gpu_code_path_runs_on_a_cpu(tmp_path, monkeypatch):
     assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["tta_accuracy"] <= 1
     state = torch.load(tmp_path / "run" / "checkpoint_2.pt", weights_only=False)
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())  # master weights
+
+
+def test_profile_step_runs_on_cpu(tmp_path):
+    r = run_script("scripts/profile_step.py", "--data", DATA, "--device", "cpu", "--subset", "64", "--bs", "32",
+                   "--warmup", "1", "--steps", "2", "--rows", "5", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads((tmp_path / "profile.json").read_text())
+    assert prof["step_ms"] > 0 and 0 < prof["host_ms"] and prof["steps"] == 2
+    assert (tmp_path / "trace.json").stat().st_size > 0 and "convolution" in r.stdout

@@ -1,0 +1,89 @@
+"""Where one training step's time goes, before guessing at speed levers: train.py's own step on its own engine.
+
+    python scripts/profile_step.py                     # GPU box: eager; add --compile [MODE] to profile a compiled step
+    python scripts/profile_step.py --device cpu --subset 256 --bs 32 --warmup 2 --steps 3    # the same on a CPU
+
+Three phases over the training loader: --warmup steps (cuDNN autotuning, compilation), --steps steps timed
+without the profiler, --steps steps under torch.profiler. It prints
+  - step ms: the synchronised time per step, and host ms: the CPU time spent issuing one step (the batch's
+    augmentation, Python, Ignite, dispatch, kernel launches). Host close to step means the GPU waits for the CPU
+    (launch-bound: compile or CUDA graphs help); host well below step means the GPU is the limit;
+  - the top operators by self device time (self CPU time on a CPU),
+and writes OUT/profile.json (the numbers) and OUT/trace.json (open in chrome://tracing or Perfetto).
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from ignite.engine import Events  # noqa: E402
+
+import data  # noqa: E402
+import train  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data.add_common_args(p, out_default="runs/profile", out_help="folder for profile.json and trace.json")
+    p.add_argument("--warmup", type=int, default=30, help="steps before anything is measured (default: 30)")
+    p.add_argument("--steps", type=int, default=20, help="steps timed, then steps profiled (default: 20)")
+    p.add_argument("--lr", type=float, default=0.1, help="constant LR of the profiled steps (default: 0.1)")
+    p.add_argument("--compile", nargs="?", const="default", default="", choices=train.COMPILE_MODES, metavar="MODE",
+                   help="profile the torch.compile'd step (default: eager)")
+    p.add_argument("--rows", type=int, default=25, help="operators in the table (default: 25)")
+    args = p.parse_args()
+    data.check_common_args(args)
+    if args.warmup < 1 or args.steps < 1:
+        raise data.UserError("--warmup and --steps must be at least 1")
+    cuda = args.device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    loader, _ = data.make_loaders(data.load_cifar10(args.data), args.bs, args.device, args.seed, args.subset)
+    raw, model = train.build_model(args.seed, args.device, args.compile)
+    optimizer = train.make_optimizer(raw, args.lr)
+    trainer = train.create_trainer(model, optimizer, nn.CrossEntropyLoss(), args.device)
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    prof = torch.profiler.profile(activities=activities)
+    w, n = args.warmup, args.steps
+    host, marks = [], {}
+
+    @trainer.on(Events.GET_BATCH_STARTED)
+    def started(engine):  # from the batch's augmentation on
+        engine.state.t_issue = time.perf_counter()
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def completed(engine):
+        i = engine.state.iteration
+        if w < i <= w + n:
+            host.append(time.perf_counter() - engine.state.t_issue)  # no sync inside: only the issuing
+        if i in (w, w + n, w + 2 * n):
+            sync()
+            marks[i] = time.perf_counter()
+        if i == w + n:
+            prof.start()
+        if i == w + 2 * n:
+            prof.stop()
+            engine.terminate()
+
+    total = w + 2 * n
+    trainer.run(loader, max_epochs=-(-total // len(loader)))
+    step_ms = 1000 * (marks[w + n] - marks[w]) / n
+    host_ms = 1000 * sum(host) / n
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=args.rows))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(out / "trace.json"))
+    result = {"step_ms": step_ms, "host_ms": host_ms, "images_per_s": args.bs * 1000 / step_ms, "bs": args.bs,
+              "compile": args.compile, "warmup": w, "steps": n, "versions": train.versions(args.device)}
+    data.write_json(out / "profile.json", result)
+    print(f"step {step_ms:.2f} ms (synchronised, {result['images_per_s']:,.0f} img/s), host {host_ms:.2f} ms/step "
+          f"issuing it ({100 * host_ms / step_ms:.0f} %); bs {args.bs}, {'compile ' + args.compile if args.compile else 'eager'}"
+          f" -> {out}")
+
+
+if __name__ == "__main__":
+    data.run_cli(main)
