@@ -1,5 +1,6 @@
 """Table of finished runs: python scripts/summarize.py runs/seeds/seed*  (median and minimum at the bottom)."""
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -24,6 +25,12 @@ def main(dirs):
         sys.exit("summarize.py: no finished run among the folders given")
     print(tabulate(rows, headers=["run", "seed", "eval", "acc %", "flip-TTA %", "LRMIN", "LRMAX", "train s",
                                   "wall s", "device"], disable_numparse=True))
+    groups = {}  # ablate.sh names its runs VARIANT-sSEED: one line per variant
+    for row, a in zip(rows, acc):
+        groups.setdefault(re.sub(r"-s\d+$", "", row[0]), []).append(a)
+    if any(len(v) > 1 for v in groups.values()):
+        print(tabulate([(k, len(v), f"{statistics.mean(v):.2f}", f"{min(v):.2f}") for k, v in sorted(groups.items())],
+                       headers=["variant", "runs", "mean acc %", "min acc %"], disable_numparse=True))
     print(f"\naccuracy over {len(acc)} runs: median {statistics.median(acc):.2f} %, min {min(acc):.2f} %; "
           f"flip-TTA median {statistics.median(tta):.2f} %, min {min(tta):.2f} %")
 

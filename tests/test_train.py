@@ -150,6 +150,20 @@ def test_summarize_prints_the_seed_table(smoke_run):
     assert f"median {acc:.2f} %, min {acc:.2f} %" in r.stdout
 
 
+def test_summarize_groups_ablation_variants(smoke_run, tmp_path):
+    import shutil
+
+    out, _ = smoke_run
+    for name in ("base-s0", "base-s1", "ema-s0"):
+        (tmp_path / name).mkdir()
+        for f in ("config.json", "metrics.json"):
+            shutil.copy(out / f, tmp_path / name / f)
+    r = run_script("scripts/summarize.py", *sorted(tmp_path.iterdir()))
+    assert r.returncode == 0, r.stderr
+    lines = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split()}
+    assert lines["base"][1] == "2" and lines["ema"][1] == "1"  # runs per variant
+
+
 def test_bench_runs_on_cpu(tmp_path):
     r = run_script("scripts/bench.py", "--modes", "eager", "--data", DATA, "--device", "cpu", "--subset", "64",
                    "--bs", "32", "--epochs", "2", "--peak-epoch", "1", "--lr-min", "0.01", "--lr-max", "0.1",
