@@ -139,6 +139,13 @@ def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, valley_tolerance=VALLEY_T
             "warning": warning}
 
 
+def mean_curve(curves):
+    """[(lrs, losses), ...] of sweeps with the same exponential schedule -> (lrs, losses averaged LR by LR), up to
+    the shortest sweep (one that diverged early ends the mean there)."""
+    n = min(len(losses) for _, losses in curves)
+    return list(curves[0][0][:n]), np.mean([losses[:n] for _, losses in curves], axis=0).tolist()
+
+
 def sweep(cfg, model, optimizer, loader):
     """Run FastaiLRFinder over train.py's training step on its own engine (only the finder and a NaN stop are
     attached to it). Returns (lrs, raw losses); model and optimizer are restored on exit."""
@@ -182,10 +189,7 @@ def run_range_test(cfg, arrays=None):
     if cfg.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    # the same exponential schedule in every sweep: average the losses LR by LR, up to the shortest sweep
-    n = min(len(c[1]) for c in curves)
-    lrs = curves[0][0][:n]
-    losses = np.mean([c[1][:n] for c in curves], axis=0).tolist()
+    lrs, losses = mean_curve(curves)
     picked = pick_lrs(lrs, losses)
     result = {"lr_min": picked["lr_min"], "lr_max": picked["lr_max"], "lr_valley": picked["lr_valley"],
               "rule": RULE, "seed": cfg.seed, "bs": cfg.bs, "subset": cfg.subset, "val": cfg.val,

@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # Stability of the range-test rule: five seeds, LRMIN/LRMAX of each and the max/min ratio (the goal: < 1.5).
+# (runs seed0..seed4, or with --sweeps K seed0, seedK, ..., seed4K)
 #   bash scripts/lr_stability.sh [OUT] [extra lr_range.py flags]
 set -euo pipefail
 out=${1:-runs/lr_stability}; shift || true
-for seed in 0 1 2 3 4; do python3 lr_range.py --seed "$seed" --out "$out/seed$seed" "$@"; done
+# with --sweeps K each of the five results pools K sweeps (seeds seed..seed+K-1): space the seeds K apart so
+# that the five estimates share no sweep and are independent
+k=1; prev=""
+for a in "$@"; do
+  [ "$prev" = "--sweeps" ] && k=$a
+  case $a in --sweeps=*) k=${a#--sweeps=} ;; esac
+  prev=$a
+done
+for i in 0 1 2 3 4; do
+  seed=$((i * k))
+  python3 lr_range.py --seed "$seed" --out "$out/seed$seed" "$@"
+done
 python3 - "$out" <<'PY'
 import json, sys
 from pathlib import Path

@@ -73,6 +73,12 @@ def test_rule_refuses_curves_without_an_answer(losses, message):
         lr_range.pick_lrs(np.geomspace(1e-5, 10, len(losses)), losses)
 
 
+def test_mean_curve_averages_lr_by_lr_up_to_the_shortest_sweep():
+    lrs = np.geomspace(1e-3, 1, 6).tolist()
+    got_lrs, got = lr_range.mean_curve([(lrs, [2, 2, 1, 1, 3, 9]), (lrs[:4], [4, 2, 3, float("nan")])])
+    assert got_lrs == lrs[:4] and got[:3] == [3, 2, 2] and np.isnan(got[3])  # a NaN stays NaN: the rule stops there
+
+
 def test_smooth_is_centred():
     v = np.r_[np.zeros(10), np.ones(10)]
     s = lr_range.smooth(v, 5)
