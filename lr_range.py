@@ -17,8 +17,9 @@ on the TRAINING images only, stopping once the loss diverges. Then one stated ru
      practice (Smith) of taking the largest LR that still lowers the loss;
   3. LRMIN = where the loss starts to fall: the LR from which on the smoothed loss stays at least FALL_FRACTION
      of its drop (starting level = median of the first window of raw losses, down to the valley) below the start.
-With --sweeps K the rule reads the LR-by-LR mean of K sweeps (seeds seed..seed+K-1): the valley of one sweep
-is broad and noisy (its position varies by ~1.5x between seeds), and averaging is cheap on a GPU.
+The rule reads the LR-by-LR mean of --sweeps K sweeps (default 3; seeds seed..seed+K-1): the valley of one
+sweep is a broad, noisy floor, so one sweep's LRMAX varied 1.5-1.6x between five seeds and the mean of three
+varied 1.23x (NOTES.md, a CPU proxy). Three sweeps cost about six epochs' worth of steps.
 Afterwards model and optimizer are exactly as before the test (the finder restores them).
 A loss that never falls, or is NaN from the first step, is an error and writes nothing.
 """
@@ -62,7 +63,7 @@ class RangeConfig:
     subset: int = 0
     val: int = 0  # held-out training images, excluded from the sweep (so train.py --val sees the same split)
     num_iter: int = 200
-    sweeps: int = 1  # >1: average the loss curves of this many sweeps (seeds seed, seed+1, ...) before the rule
+    sweeps: int = 3  # average the loss curves of this many sweeps (seeds seed, seed+1, ...) before the rule
     start_lr: float = 1e-5
     end_lr: float = 10.0
     momentum: float = 0.9
@@ -228,7 +229,9 @@ def plot(result, path):
     ax.set_ylim(min(finite) * 0.9, min(max(finite), 2 * result["smoothed"][0]) * 1.05)
     ax.set_xscale("log")
     ax.set(xlabel="learning rate (log scale)", ylabel="training loss",
-           title=f"LR range test: batch {result['bs']}, {len(lrs)} iterations, seed {result['seed']}")
+           title=f"LR range test: batch {result['bs']}, {len(lrs)} iterations, " + (
+               f"mean of {k} sweeps, seeds {result['seed']}..{result['seed'] + k - 1}" if (k := result.get("sweeps", 1)) > 1
+               else f"seed {result['seed']}"))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     data.save_figure(fig, path)
@@ -257,7 +260,7 @@ def main():
     p.add_argument("--val", type=int, default=0, metavar="N",
                    help="leave out the last N training images, as train.py --val N does (default: 0)")
     p.add_argument("--sweeps", type=int, default=d.sweeps,
-                   help="average the loss curves of K sweeps (seeds seed..seed+K-1) before the rule (default: 1)")
+                   help=f"average the loss curves of K sweeps (seeds seed..seed+K-1) before the rule (default: {d.sweeps})")
     args = p.parse_args()
     data.check_common_args(args)
     cfg = RangeConfig(data=args.data, out=args.out, device=args.device, seed=args.seed, bs=args.bs,

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Stability of the range-test rule: five seeds, LRMIN/LRMAX of each and the max/min ratio (the goal: < 1.5).
-# (runs seed0..seed4, or with --sweeps K seed0, seedK, ..., seed4K)
+# (runs seed0, seedK, ..., seed4K for K sweeps per result, lr_range.py's --sweeps)
 #   bash scripts/lr_stability.sh [OUT] [extra lr_range.py flags]
 set -euo pipefail
 out=${1:-runs/lr_stability}; shift || true
-# with --sweeps K each of the five results pools K sweeps (seeds seed..seed+K-1): space the seeds K apart so
+# each of the five results pools --sweeps K sweeps (seeds seed..seed+K-1): space the seeds K apart so
 # that the five estimates share no sweep and are independent
-k=1; prev=""
+k=$(python3 -c "import lr_range; print(lr_range.RangeConfig.sweeps)"); prev=""
 for a in "$@"; do
   [ "$prev" = "--sweeps" ] && k=$a
   case $a in --sweeps=*) k=${a#--sweeps=} ;; esac

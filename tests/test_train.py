@@ -205,3 +205,9 @@ def test_profile_step_runs_on_cpu(tmp_path):
     prof = json.loads((tmp_path / "profile.json").read_text())
     assert prof["step_ms"] > 0 and 0 < prof["host_ms"] and prof["steps"] == 2
     assert (tmp_path / "trace.json").stat().st_size > 0 and "convolution" in r.stdout
+
+
+def test_ignite_overhead_script_runs():
+    r = run_script("scripts/ignite_overhead.py", "--epochs", "2", "--iters", "5", "--repeats", "1")
+    assert r.returncode == 0, r.stderr
+    assert "bare engine" in r.stdout and "train.py handlers" in r.stdout and "us/iteration" in r.stdout

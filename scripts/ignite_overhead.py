@@ -1,0 +1,58 @@
+"""Host cost of Ignite's per-iteration machinery with train.py's handlers, the step itself a no-op.
+
+    python scripts/ignite_overhead.py        # 24 epochs x 98 iterations, bare engine vs train.py's handlers
+
+Keeping Ignite as the engine is only free if its events and our per-iteration handlers (two PiecewiseLinear
+schedulers, the LR/momentum read-back, the on-device epoch totals) cost little next to a GPU step. This times
+them alone on the CPU, best of --repeats, and prints microseconds per iteration and seconds per 24-epoch run.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch  # noqa: E402
+from ignite.engine import Engine, Events  # noqa: E402
+from ignite.handlers import PiecewiseLinear  # noqa: E402
+
+import train  # noqa: E402
+
+
+def engine(with_handlers, iters_per_epoch, epochs):
+    p = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True)
+    out = {"loss": torch.zeros(()), "correct": torch.zeros((), dtype=torch.long), "n": 512}
+    e = Engine(lambda engine, batch: out)
+    if with_handlers:  # the same per-iteration handlers train.train attaches
+        lr_ms, mom_ms = train.one_cycle_milestones(iters_per_epoch, epochs, 5, 0.004, 0.4)
+        e.add_event_handler(Events.ITERATION_STARTED, PiecewiseLinear(optimizer, "lr", lr_ms))
+        e.add_event_handler(Events.ITERATION_STARTED, PiecewiseLinear(optimizer, "momentum", mom_ms))
+        trace = []
+        e.add_event_handler(Events.ITERATION_STARTED, lambda _: trace.append(optimizer.param_groups[0]["lr"]))
+        train.EpochTotals().attach(e)
+    return e
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=24)
+    p.add_argument("--iters", type=int, default=98, help="iterations per epoch (default: 98 = 50,000 / 512)")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    n = args.epochs * args.iters
+    for with_handlers in (False, True):
+        best = min(timed(engine(with_handlers, args.iters, args.epochs), args.iters, args.epochs)
+                   for _ in range(args.repeats))
+        print(f"{'train.py handlers' if with_handlers else 'bare engine':>17}: {1e6 * best / n:6.1f} us/iteration, "
+              f"{best:.3f} s per {args.epochs}-epoch run ({n} iterations)")
+
+
+def timed(e, iters, epochs):
+    t0 = time.perf_counter()
+    e.run([None] * iters, max_epochs=epochs)
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    main()
