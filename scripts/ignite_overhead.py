@@ -25,7 +25,7 @@ def engine(with_handlers, iters_per_epoch, epochs):
     out = {"loss": torch.zeros(()), "correct": torch.zeros((), dtype=torch.long), "n": 512}
     e = Engine(lambda engine, batch: out)
     if with_handlers:  # the same per-iteration handlers train.train attaches
-        lr_ms, mom_ms = train.one_cycle_milestones(iters_per_epoch, epochs, 5, 0.004, 0.4)
+        lr_ms, mom_ms = train.one_cycle_milestones(iters_per_epoch, epochs, min(5, epochs - 1), 0.004, 0.4)
         e.add_event_handler(Events.ITERATION_STARTED, PiecewiseLinear(optimizer, "lr", lr_ms))
         e.add_event_handler(Events.ITERATION_STARTED, PiecewiseLinear(optimizer, "momentum", mom_ms))
         trace = []

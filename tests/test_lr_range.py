@@ -127,7 +127,7 @@ def test_cli_end_to_end_on_cpu(tmp_path):
 def test_cli_loss_never_falls_writes_nothing(tmp_path):
     (tmp_path / "lr_range.json").write_text('{"old": true}')
     r = run_script("lr_range.py", "--data", DATA, "--out", tmp_path, "--device", "cpu", "--subset", "64",
-                   "--bs", "32", "--num-iter", "10", "--start-lr", "1e-9", "--end-lr", "1e-8")
+                   "--bs", "32", "--num-iter", "10", "--start-lr", "1e-9", "--end-lr", "1e-8", "--sweeps", "1")
     assert r.returncode == 2 and "never fell" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert json.loads((tmp_path / "lr_range.json").read_text()) == {"old": True}  # untouched
     assert not (tmp_path / "lr_range.png").exists()
