@@ -181,9 +181,10 @@ def run_range_test(cfg, arrays=None):
     t0 = time.perf_counter()
     if arrays is None:
         arrays = data.load_cifar10(cfg.data)
+    loader, _ = data.make_loaders(arrays, cfg.bs, cfg.device, cfg.seed, cfg.subset, cfg.val)  # one upload
     curves = []
     for seed in range(cfg.seed, cfg.seed + cfg.sweeps):  # each sweep: its own initial weights, order and augmentation
-        loader, _ = data.make_loaders(arrays, cfg.bs, cfg.device, seed, cfg.subset, cfg.val)
+        loader.seed, loader.epoch = seed, 0  # the draws a fresh loader with this seed would make
         model, compiled = train.build_model(seed, cfg.device)
         optimizer = train.make_optimizer(model, cfg.start_lr, cfg.momentum, cfg.weight_decay)
         curves.append(sweep(cfg, compiled, optimizer, loader))

@@ -95,6 +95,12 @@ def gpu_path(device):
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
+def add_compile_arg(p, what="the model"):
+    p.add_argument("--compile", nargs="?", const="default", default="", choices=COMPILE_MODES, metavar="MODE",
+                   help=f"torch.compile {what}, optionally with a mode: " + ", ".join(COMPILE_MODES) +
+                   " (default: off, eager; bare --compile = default)")
+
+
 def build_model(seed, device, compile=""):
     """(raw model, model to call): the second is torch.compile'd with mode `compile` unless that is ""."""
     torch.manual_seed(seed)
@@ -148,6 +154,23 @@ def create_evaluator(model, device, tta=False):
     Accuracy().attach(evaluator, "accuracy")
     Loss(nn.CrossEntropyLoss()).attach(evaluator, "loss")
     return evaluator
+
+
+def attach_one_cycle(trainer, optimizer, lr_milestones, momentum_milestones):
+    """The two PiecewiseLinear schedulers, stepped at every iteration's start, and the read-back of the LR and
+    momentum the optimizer then runs with. Returns (lr_sched, mom_sched, trace)."""
+    lr_sched = PiecewiseLinear(optimizer, "lr", lr_milestones)
+    mom_sched = PiecewiseLinear(optimizer, "momentum", momentum_milestones)
+    trainer.add_event_handler(Events.ITERATION_STARTED, lr_sched)
+    trainer.add_event_handler(Events.ITERATION_STARTED, mom_sched)
+    trace = {"lr": [], "momentum": []}  # read back from the optimizer: what was applied, not what was planned
+
+    @trainer.on(Events.ITERATION_STARTED)
+    def record_schedule(engine):
+        trace["lr"].append(optimizer.param_groups[0]["lr"])
+        trace["momentum"].append(optimizer.param_groups[0]["momentum"])
+
+    return lr_sched, mom_sched, trace
 
 
 class EpochTotals:
@@ -366,18 +389,7 @@ def train(cfg):
     n_iter = len(train_loader)
     lr_ms, mom_ms = one_cycle_milestones(n_iter, cfg.epochs, cfg.peak_epoch, lr_min, lr_max,
                                          cfg.momentum_max, cfg.momentum_min)
-    lr_sched = PiecewiseLinear(optimizer, "lr", lr_ms)
-    mom_sched = PiecewiseLinear(optimizer, "momentum", mom_ms)
-    trainer.add_event_handler(Events.ITERATION_STARTED, lr_sched)
-    trainer.add_event_handler(Events.ITERATION_STARTED, mom_sched)
-
-    trace = {"lr": [], "momentum": []}  # read back from the optimizer: what was applied, not what was planned
-
-    @trainer.on(Events.ITERATION_STARTED)
-    def record_schedule(engine):
-        trace["lr"].append(optimizer.param_groups[0]["lr"])
-        trace["momentum"].append(optimizer.param_groups[0]["momentum"])
-
+    lr_sched, mom_sched, trace = attach_one_cycle(trainer, optimizer, lr_ms, mom_ms)
     totals = EpochTotals().attach(trainer)
     sync = (lambda _: torch.cuda.synchronize()) if device.type == "cuda" else (lambda _: None)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, sync)  # before the timer: GPU work is asynchronous
@@ -521,9 +533,7 @@ def parse_args(argv=None):
     p.add_argument("--momentum", type=float, nargs=2, default=[d.momentum_max, d.momentum_min], metavar=("HI", "LO"),
                    help="momentum at the ends and at the peak of the cycle (default: 0.95 0.85; equal = constant)")
     p.add_argument("--eval-bs", type=int, default=d.eval_bs, help="evaluation batch size (default: 1000)")
-    p.add_argument("--compile", nargs="?", const="default", default="", choices=COMPILE_MODES, metavar="MODE",
-                   help="torch.compile the model, optionally with a mode: " + ", ".join(COMPILE_MODES) +
-                   " (default: off; bare --compile = default)")
+    add_compile_arg(p)
     p.add_argument("--save-every", type=int, default=d.save_every, help="epochs between checkpoints (default: 1)")
     return p.parse_args(argv)
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
-from ignite.engine import Engine, Events  # noqa: E402
-from ignite.handlers import PiecewiseLinear  # noqa: E402
+from ignite.engine import Engine  # noqa: E402
 
 import train  # noqa: E402
 
@@ -26,10 +25,7 @@ def engine(with_handlers, iters_per_epoch, epochs):
     e = Engine(lambda engine, batch: out)
     if with_handlers:  # the same per-iteration handlers train.train attaches
         lr_ms, mom_ms = train.one_cycle_milestones(iters_per_epoch, epochs, min(5, epochs - 1), 0.004, 0.4)
-        e.add_event_handler(Events.ITERATION_STARTED, PiecewiseLinear(optimizer, "lr", lr_ms))
-        e.add_event_handler(Events.ITERATION_STARTED, PiecewiseLinear(optimizer, "momentum", mom_ms))
-        trace = []
-        e.add_event_handler(Events.ITERATION_STARTED, lambda _: trace.append(optimizer.param_groups[0]["lr"]))
+        train.attach_one_cycle(e, optimizer, lr_ms, mom_ms)
         train.EpochTotals().attach(e)
     return e
 

@@ -31,8 +31,7 @@ def main():
     p.add_argument("--warmup", type=int, default=30, help="steps before anything is measured (default: 30)")
     p.add_argument("--steps", type=int, default=20, help="steps timed, then steps profiled (default: 20)")
     p.add_argument("--lr", type=float, default=0.1, help="constant LR of the profiled steps (default: 0.1)")
-    p.add_argument("--compile", nargs="?", const="default", default="", choices=train.COMPILE_MODES, metavar="MODE",
-                   help="profile the torch.compile'd step (default: eager)")
+    train.add_compile_arg(p, what="the profiled model")
     p.add_argument("--rows", type=int, default=25, help="operators in the table (default: 25)")
     args = p.parse_args()
     data.check_common_args(args)
