@@ -13,10 +13,7 @@ Epochs: every training image once per epoch in a fresh order; the last batch is 
 iterations, the 98th has 336 images) rather than dropped, so no image is skipped in any epoch.
 """
 import argparse
-import json
-import os
 import pickle
-import sys
 import zipfile
 from pathlib import Path
 
@@ -24,12 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cli import UserError, add_common_args, check_common_args, run_cli
+from files import save_figure
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PAD, CROP, CUTOUT = 4, 32, 8  # pixels
-
-
-class UserError(Exception):
-    """Bad input from the user (data, flags): the scripts print it as one line and exit non-zero."""
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -77,8 +73,14 @@ def _load_batches(folder, names):
 def load_cifar10(data_dir, download=True):
     """Returns (train_images, train_labels, test_images, test_labels): uint8 NHWC arrays and int64 labels."""
     root = Path(data_dir)
-    if (root / "cifar10_train.npz").exists() or (root / "cifar10_test.npz").exists():
-        return (*_load_npz(root / "cifar10_train.npz"), *_load_npz(root / "cifar10_test.npz"))
+    pair = [root / "cifar10_train.npz", root / "cifar10_test.npz"]
+    if any(p.exists() for p in pair):
+        splits = []
+        for p, other in (pair, pair[::-1]):
+            if not p.exists():
+                raise UserError(f"{p}: missing ({other.name} is there; the two files come as a pair)")
+            splits += _load_npz(p)
+        return tuple(splits)
     batches = root if root.name == "cifar-10-batches-py" else root / "cifar-10-batches-py"
     if not batches.is_dir() and download:
         try:
@@ -88,7 +90,7 @@ def load_cifar10(data_dir, download=True):
         except Exception as e:
             reason = f"download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             raise UserError(f"no CIFAR-10 in {root} and {reason}; put cifar10_train.npz + cifar10_test.npz "
-                            "(see ../shared/cifar10/README.md) or torchvision's cifar-10-batches-py there") from None
+                            "or torchvision's cifar-10-batches-py there (README.md, 'The data')") from None
     if not batches.is_dir():
         raise UserError(f"no CIFAR-10 in {root}: put cifar10_train.npz + cifar10_test.npz or cifar-10-batches-py there")
     return (*_load_batches(batches, [f"data_batch_{i}" for i in range(1, 6)]),
@@ -142,19 +144,33 @@ def augment(padded, draws, mean, std):
     return x * keep[:, None].to(x.dtype)
 
 
+def shard(n, rank, world):
+    """(start, stop) of process `rank`'s part of n consecutive items: parts differ by at most one item."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
 class Loader:
     """Batches of a device-resident uint8 split: augmented and reshuffled per epoch if train, else plain and in order.
 
     `epoch` counts the passes made so far; it seeds the pass's shuffle and draws, so setting it resumes exactly.
+    With `world` processes (torchrun), process `rank` holds the whole training set, draws the same order and
+    augmentation as every other process and takes its slice of each global batch, so the union of the slices is
+    the one-process batch; of the evaluation set it holds only its own consecutive part.
     """
 
-    def __init__(self, images, labels, batch_size, mean, std, device, train, seed=0):
+    def __init__(self, images, labels, batch_size, mean, std, device, train, seed=0, rank=0, world=1):
         self.device, self.train, self.seed, self.epoch = torch.device(device), train, seed, 0
-        self.batch_size = batch_size
+        self.batch_size, self.rank, self.world = batch_size, rank, world
         self.mean, self.std = mean.to(self.device), std.to(self.device)
-        x = torch.as_tensor(images).to(self.device)
-        self.labels = torch.as_tensor(labels).to(self.device)
-        self.n = len(self.labels)
+        x, y = torch.as_tensor(images).to(self.device), torch.as_tensor(labels).to(self.device)
+        self.sizes = [len(y)] * world  # rows each process yields over one pass
+        if not train:
+            self.sizes = [b - a for a, b in (shard(len(y), r, world) for r in range(world))]
+            a, b = shard(len(y), rank, world)
+            x, y = x[a:b], y[a:b]
+        self.labels, self.n = y, len(y)
         # training keeps uint8, padded once (small, cheap to gather); evaluation keeps the normalised floats
         self.x = F.pad(x, (0, 0, PAD, PAD, PAD, PAD)) if train else normalise(x, self.mean, self.std)
 
@@ -172,8 +188,9 @@ class Loader:
         order = order.to(self.device, non_blocking=True)
         draws = {k: v.to(self.device, non_blocking=True) for k, v in draw_augmentation(self.n, g).items()}
         for i in range(0, self.n, self.batch_size):
-            idx = order[i:i + self.batch_size]
-            sel = {k: v[i:i + self.batch_size] for k, v in draws.items()}
+            a, b = shard(min(self.batch_size, self.n - i), self.rank, self.world)  # this process's part
+            idx = order[i + a:i + b]
+            sel = {k: v[i + a:i + b] for k, v in draws.items()}
             yield augment(self.x[idx], sel, self.mean, self.std), self.labels[idx]
 
 
@@ -191,72 +208,22 @@ def split_data(arrays, subset=0, val=0):
     return tx, ty, sx, sy, name
 
 
-def make_loaders(arrays, batch_size, device, seed=0, subset=0, val=0, eval_batch_size=1000):
-    """Train and evaluation loaders on `device`. Mean/std come from all loaded training images (never the test set)."""
+def make_loaders(arrays, batch_size, device, seed=0, subset=0, val=0, eval_batch_size=1000, rank=0, world=1):
+    """Train and evaluation loaders on `device`. Mean/std come from all loaded training images (never the test set).
+    `batch_size` is the global batch; with `world` processes this one yields its slice (see Loader)."""
     arrays = [torch.as_tensor(a).to(device) for a in arrays]  # one upload; all slicing happens on the device
     mean, std = channel_stats(arrays[0][:-val] if val else arrays[0])
     tx, ty, sx, sy, name = split_data(arrays, subset, val)
-    train = Loader(tx, ty, batch_size, mean, std, device, train=True, seed=seed)
-    evaluation = Loader(sx, sy, eval_batch_size, mean, std, device, train=False)
+    if 0 < len(tx) % batch_size < world or len(sx) < world:
+        raise UserError(f"{len(tx)} training images in batches of {batch_size} leave a last batch, or {len(sx)} "
+                        f"evaluation images leave a part, too small for {world} processes: change --subset or --bs")
+    train = Loader(tx, ty, batch_size, mean, std, device, train=True, seed=seed, rank=rank, world=world)
+    evaluation = Loader(sx, sy, eval_batch_size, mean, std, device, train=False, rank=rank, world=world)
     evaluation.name = name
     return train, evaluation
 
 
-# ---------------------------------------------------------------------------------------------- command line
-
-
-def default_device():
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def add_common_args(p, out_default, out_help="folder for the results"):
-    """The flags every script shares, so people and checks drive them alike."""
-    p.add_argument("--data", default=os.environ.get("CIFAR10_DIR", "data"),
-                   help="CIFAR-10 folder: cifar10_{train,test}.npz or cifar-10-batches-py (default: $CIFAR10_DIR or ./data)")
-    p.add_argument("--out", default=out_default, help=f"{out_help} (default: {out_default})")
-    p.add_argument("--device", default=default_device(), choices=["cpu", "cuda"],
-                   help="where to train (default: cuda when present)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and augmentation (default: 0)")
-    p.add_argument("--bs", type=int, default=512, help="training batch size (default: 512)")
-    p.add_argument("--subset", type=int, default=0,
-                   help="use only the first N train and N test images, for quick CPU runs (default: 0 = all)")
-    return p
-
-
-def check_common_args(args):
-    if args.bs <= 0:
-        raise UserError(f"--bs must be positive, got {args.bs}")
-    if args.subset < 0:
-        raise UserError(f"--subset must be >= 0, got {args.subset}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA GPU")
-
-
-def run_cli(main):
-    """Run a script's main; a UserError becomes one line on stderr and exit status 2."""
-    try:
-        return main()
-    except UserError as e:
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-def atomic_write(path, write):
-    """Call write(tmp_path), then rename tmp onto path: a kill never leaves a half-written file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def save_figure(fig, path):
-    fmt = Path(path).suffix.lstrip(".") or "png"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format=fmt))
-
-
-def write_json(path, obj):
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+# ---------------------------------------------------------------------------------------------- the grid
 
 
 def main():

@@ -1,11 +1,12 @@
 """LR range test (Smith 2015; fastai's lr_find) that FINDS both bounds of the one-cycle: LRMIN and LRMAX.
 
     python lr_range.py                      # writes runs/lr_range/lr_range.{json,png}; train.py reads the JSON
-    python lr_range.py --subset 1024 --num-iter 30 --device cpu   # a quick CPU run
+    python lr_range.py --subset 1024 --num-iter 40 --device cpu   # a quick CPU run
 
-Ignite's FastaiLRFinder sweeps the LR exponentially from --start-lr to --end-lr over --num-iter iterations of
-train.py's own training step (same model, SGD + Nesterov momentum 0.9 + weight decay, augmentation, precision),
-on the TRAINING images only, stopping once the loss diverges. Then one stated rule reads the curve
+Ignite's FastaiLRFinder sweeps the LR exponentially from --start-lr to --end-lr over --num-iter iterations
+(iteration k, counted from 0, runs at start * (end/start)^(k/num_iter)) of the training step train.py runs
+(engine.py: same model, SGD + Nesterov momentum 0.9 + weight decay, augmentation, precision), on the TRAINING
+images only, stopping once the loss diverges. Then one stated rule reads the curve
 (see `pick_lrs`):
   1. smooth the raw loss with a centred moving average over log-LR (no lag, unlike an EMA, so the minimum
      does not drift to higher LRs);
@@ -19,13 +20,17 @@ on the TRAINING images only, stopping once the loss diverges. Then one stated ru
      of its drop (starting level = median of the first window of raw losses, down to the valley) below the start.
 The rule reads the LR-by-LR mean of --sweeps K sweeps (default 3; seeds seed..seed+K-1): the valley of one
 sweep is a broad, noisy floor, so one sweep's LRMAX varied 1.5-1.6x between five seeds and the mean of three
-varied 1.23x (NOTES.md, a CPU proxy). Three sweeps cost about six epochs' worth of steps.
+varied 1.23x (docs/lr_range.md, a CPU proxy). Three sweeps cost about six epochs' worth of steps.
+A short sweep starts higher on its own: --start-lr defaults to --end-lr / 10^min(6, num_iter/10), at least ten
+iterations per decade of LR (200 iterations: 1e-5 to 10; 40 iterations: 1e-3 to 10).
+Under torchrun the range test runs on rank 0 alone (on its GPU); the other processes exit at once.
 Afterwards model and optimizer are exactly as before the test (the finder restores them).
 A loss that never falls, or is NaN from the first step, is an error and writes nothing.
 """
 import argparse
 import dataclasses
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -37,8 +42,9 @@ from ignite.engine import Events
 from ignite.handlers import FastaiLRFinder
 
 import data
-import train
-from data import UserError
+import engine
+from cli import LR_JSON, UserError, add_common_args, check_common_args, run_cli
+from files import save_figure, write_json
 
 SMOOTH_FRACTION = 0.1  # moving-average window, as a fraction of the points recorded
 TURN_FRACTION = 0.25  # the loss has turned up once it climbs back by 25 % of the drop made so far
@@ -56,7 +62,7 @@ RULE = (f"smooth the loss with a centred moving average ({SMOOTH_FRACTION:.0%} o
 @dataclasses.dataclass
 class RangeConfig:
     data: str = "data"
-    out: str = "runs/lr_range"
+    out: str = str(Path(LR_JSON).parent)
     device: str = "cpu"
     seed: int = 0
     bs: int = 512
@@ -64,11 +70,33 @@ class RangeConfig:
     val: int = 0  # held-out training images, excluded from the sweep (so train.py --val sees the same split)
     num_iter: int = 200
     sweeps: int = 3  # average the loss curves of this many sweeps (seeds seed, seed+1, ...) before the rule
-    start_lr: float = 1e-5
+    start_lr: float | None = None  # None -> auto_start_lr(num_iter, end_lr)
     end_lr: float = 10.0
     momentum: float = 0.9
     weight_decay: float = 5e-4
     diverge: float = 4.0  # stop once the (EMA-smoothed) loss exceeds this multiple of its best
+
+
+# the settings that shape the loss curve: those of the run it is for, and those of the sweep itself
+RUN_KEYS = ("bs", "subset", "val", "weight_decay")
+SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge")
+ITERS_PER_DECADE = 10  # the fewest sweep iterations per factor of 10 in LR that still resolve the fall
+MAX_DECADES = 6
+
+
+def auto_start_lr(num_iter, end_lr):
+    return end_lr / 10 ** min(MAX_DECADES, num_iter / ITERS_PER_DECADE)
+
+
+def settled(cfg):
+    """cfg with its automatic start LR filled in, as the sweep will run it."""
+    return cfg if cfg.start_lr is not None else dataclasses.replace(cfg, start_lr=auto_start_lr(cfg.num_iter, cfg.end_lr))
+
+
+def mismatch(saved, cfg, keys):
+    """'' if the saved result was made with `cfg`'s value of every key, else what differs, in words."""
+    cfg = settled(cfg)
+    return ", ".join(f"{k} {saved.get(k)} (here {getattr(cfg, k)})" for k in keys if saved.get(k) != getattr(cfg, k))
 
 
 def smooth(values, window):
@@ -116,7 +144,8 @@ def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, valley_tolerance=VALLEY_T
     drop = start - s[i_valley]
     if drop < MIN_DROP * abs(start) or i_valley < 3:
         raise UserError(f"the loss never fell (from {start:.3f} at LR {lrs[0]:.2g} to at best {s[i_valley]:.3f} at "
-                        f"{lrs[i_valley]:.2g}): widen --start-lr/--end-lr, raise --num-iter, or check model and data")
+                        f"{lrs[i_valley]:.2g}, {n} iterations): try --num-iter {2 * n} or --end-lr {10 * lrs[-1]:.2g}, "
+                        "or check model and data")
     # from here on the loss stays below the threshold: an early noisy dip does not count as the start of the fall
     above = np.nonzero(s[:i_valley + 1] > start - fall_fraction * drop)[0]
     i_fall = int(above[-1]) + 1 if len(above) else 0
@@ -148,28 +177,29 @@ def mean_curve(curves):
 
 
 def sweep(cfg, model, optimizer, loader):
-    """Run FastaiLRFinder over train.py's training step on its own engine (only the finder and a NaN stop are
+    """Run FastaiLRFinder over the shared training step on its own engine (only the finder and a NaN stop are
     attached to it). Returns (lrs, raw losses); model and optimizer are restored on exit."""
-    trainer = train.create_trainer(model, optimizer, nn.CrossEntropyLoss(), cfg.device)
+    cfg = settled(cfg)
+    trainer = engine.create_trainer(model, optimizer, nn.CrossEntropyLoss(), cfg.device)
     lrs, raw = [], []
 
     @trainer.on(Events.ITERATION_STARTED)
-    def record_lr(engine):
+    def record_lr(e):
+        if e.state.iteration == 1:  # the finder's scheduler already stepped once when it was built: undo that
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.start_lr
         lrs.append(optimizer.param_groups[0]["lr"])  # the LR this iteration actually runs with
 
     @trainer.on(Events.ITERATION_COMPLETED)
-    def record_loss(engine):
-        raw.append(engine.state.output["loss"].item())  # one sync per iteration is fine for a short sweep
+    def record_loss(e):
+        raw.append(e.state.output["loss"].item())  # one sync per iteration is fine for a short sweep
         if not math.isfinite(raw[-1]) or len(raw) == cfg.num_iter:
-            engine.terminate()  # NaN never compares greater than the divergence threshold; the finder runs one more
+            e.terminate()  # NaN never compares greater than the divergence threshold; the finder runs one more
 
     finder = FastaiLRFinder()
     with finder.attach(trainer, to_save={"model": model, "optimizer": optimizer}, output_transform=lambda o: o["loss"],
                        num_iter=cfg.num_iter, start_lr=cfg.start_lr, end_lr=cfg.end_lr, step_mode="exp",
                        smooth_f=0.05, diverge_th=cfg.diverge) as t, warnings.catch_warnings():
-        # the finder scales the optimizer's current LR for its first step: start from start_lr (restored on exit)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.start_lr
         warnings.filterwarnings("ignore", "Run completed without loss diverging")  # pick_lrs says it better
         t.run(loader, max_epochs=math.ceil(cfg.num_iter / len(loader)))
     return lrs[:len(raw)], raw
@@ -177,6 +207,7 @@ def sweep(cfg, model, optimizer, loader):
 
 def run_range_test(cfg, arrays=None):
     """The whole test: load, sweep, pick, write lr_range.json and lr_range.png. Returns the JSON's dict."""
+    cfg = settled(cfg)
     check(cfg)
     t0 = time.perf_counter()
     if arrays is None:
@@ -185,9 +216,9 @@ def run_range_test(cfg, arrays=None):
     curves = []
     for seed in range(cfg.seed, cfg.seed + cfg.sweeps):  # each sweep: its own initial weights, order and augmentation
         loader.seed, loader.epoch = seed, 0  # the draws a fresh loader with this seed would make
-        model, compiled = train.build_model(seed, cfg.device)
-        optimizer = train.make_optimizer(model, cfg.start_lr, cfg.momentum, cfg.weight_decay)
-        curves.append(sweep(cfg, compiled, optimizer, loader))
+        model = engine.build_model(seed, cfg.device)
+        optimizer = engine.make_optimizer(model, cfg.start_lr, cfg.momentum, cfg.weight_decay)
+        curves.append(sweep(cfg, model, optimizer, loader))
     if cfg.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -196,13 +227,14 @@ def run_range_test(cfg, arrays=None):
     result = {"lr_min": picked["lr_min"], "lr_max": picked["lr_max"], "lr_valley": picked["lr_valley"],
               "rule": RULE, "seed": cfg.seed, "bs": cfg.bs, "subset": cfg.subset, "val": cfg.val,
               "num_iter": cfg.num_iter, "start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "momentum": cfg.momentum,
-              "weight_decay": cfg.weight_decay, "device": cfg.device, "seconds": seconds, "warning": picked["warning"],
+              "weight_decay": cfg.weight_decay, "diverge": cfg.diverge, "device": cfg.device, "seconds": seconds,
+              "warning": picked["warning"],
               "sweeps": cfg.sweeps, "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"],
-              "sweep_losses": [c[1] for c in curves] if cfg.sweeps > 1 else None, "versions": train.versions(cfg.device)}
+              "sweep_losses": [c[1] for c in curves] if cfg.sweeps > 1 else None, "versions": engine.versions(cfg.device)}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     plot(result, out / "lr_range.png")
-    data.write_json(out / "lr_range.json", result)
+    write_json(out / "lr_range.json", result)
     if picked["warning"]:
         print(f"warning: {picked['warning']}")
     print(f"LRMIN {result['lr_min']:.4g}  LRMAX {result['lr_max']:.4g}  (valley {result['lr_valley']:.4g}; "
@@ -235,7 +267,7 @@ def plot(result, path):
                else f"seed {result['seed']}"))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    data.save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -244,7 +276,7 @@ def check(cfg):
         raise UserError(f"--sweeps must be at least 1, got {cfg.sweeps}")
     if cfg.num_iter < 10:
         raise UserError(f"--num-iter must be at least 10, got {cfg.num_iter}")
-    if not 0 < cfg.start_lr < cfg.end_lr:
+    if not 0 < cfg.start_lr < cfg.end_lr or not math.isfinite(cfg.end_lr):
         raise UserError(f"need 0 < --start-lr < --end-lr, got {cfg.start_lr} and {cfg.end_lr}")
 
 
@@ -254,16 +286,20 @@ def main():
     matplotlib.use("Agg")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = RangeConfig()
-    data.add_common_args(p, out_default=d.out, out_help="folder for lr_range.json and lr_range.png")
+    add_common_args(p, out_default=d.out, out_help="folder for lr_range.json and lr_range.png")
     p.add_argument("--num-iter", type=int, default=d.num_iter, help=f"iterations of the sweep (default: {d.num_iter})")
-    p.add_argument("--start-lr", type=float, default=d.start_lr, help=f"first LR of the sweep (default: {d.start_lr:g})")
+    p.add_argument("--start-lr", type=float, default=None,
+                   help=f"first LR of the sweep (default: --end-lr / 10^min({MAX_DECADES}, num_iter/{ITERS_PER_DECADE}): "
+                   "1e-5 for 200 iterations, 1e-3 for 40)")
     p.add_argument("--end-lr", type=float, default=d.end_lr, help=f"last LR of the sweep (default: {d.end_lr:g})")
     p.add_argument("--val", type=int, default=0, metavar="N",
                    help="leave out the last N training images, as train.py --val N does (default: 0)")
     p.add_argument("--sweeps", type=int, default=d.sweeps,
                    help=f"average the loss curves of K sweeps (seeds seed..seed+K-1) before the rule (default: {d.sweeps})")
     args = p.parse_args()
-    data.check_common_args(args)
+    check_common_args(args)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 alone runs the test
+        return
     cfg = RangeConfig(data=args.data, out=args.out, device=args.device, seed=args.seed, bs=args.bs,
                       subset=args.subset, val=args.val, num_iter=args.num_iter, start_lr=args.start_lr,
                       end_lr=args.end_lr, sweeps=args.sweeps)
@@ -271,4 +307,4 @@ def main():
 
 
 if __name__ == "__main__":
-    data.run_cli(main)
+    run_cli(main)

@@ -5,16 +5,16 @@
 
 The LR climbs linearly from base_lr to max_lr over `stepsize` iterations, falls back over the next `stepsize`,
 and repeats; one cycle is 2 x stepsize. The curve is not drawn from hand-placed points: it is what Ignite's
-PiecewiseLinear applies at every iteration, simulated from the milestones in train.py, the same code the
-trainer runs (for --one-cycle, with the LRs of lr_range.json when there is one).
+PiecewiseLinear applies at every iteration, simulated from the milestones in schedule.py, the same code the
+trainer runs (for --one-cycle, with the LRs of lr_range.json when there is one). Needs neither the model nor the data.
 """
 import argparse
 import json
 from pathlib import Path
 
-import data
-from data import UserError
-from train import Config, one_cycle_milestones, simulate, triangular_milestones
+from cli import LR_JSON, UserError, run_cli
+from files import save_figure
+from schedule import MOMENTUM_MAX, MOMENTUM_MIN, one_cycle_milestones, simulate, triangular_milestones
 
 
 def triangle_values(base_lr, max_lr, stepsize, cycles):
@@ -54,7 +54,7 @@ def draw_triangle(values, base_lr, max_lr, stepsize, path):
     ax.set_xlim(0, len(values) - 1)
     ax.set(xlabel="iteration", ylabel="learning rate", title="Triangular cyclical learning rate (Smith)")
     ax.grid(alpha=0.3)
-    data.save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -66,7 +66,7 @@ def draw_one_cycle(lr_ms, mom_ms, iters_per_epoch, epochs, peak_epoch, path):
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.plot([i / iters_per_epoch for i in range(n)], lrs, color="C0", lw=2)
     ax.set(xlabel="epoch", ylabel="learning rate",
-           title=f"One cycle: LRMIN {lr_ms[0][1]:.3g} -> LRMAX {lr_ms[1][1]:.3g} at epoch {peak_epoch} -> "
+           title=f"One cycle: LRMIN {lr_ms[0][1]:.3g} -> LRMAX {lr_ms[1][1]:.3g} at the end of epoch {peak_epoch} -> "
                  f"LRMIN at epoch {epochs}")
     ax.yaxis.label.set_color("C0")
     m = ax.twinx()
@@ -74,7 +74,7 @@ def draw_one_cycle(lr_ms, mom_ms, iters_per_epoch, epochs, peak_epoch, path):
     m.set_ylabel("momentum", color="C1")
     ax.set_xticks(range(0, epochs + 1, 2 if epochs <= 30 else 5))
     ax.grid(alpha=0.3)
-    data.save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -93,7 +93,7 @@ def main():
     p.add_argument("--epochs", type=int, default=24, help="with --one-cycle: epochs (default: 24)")
     p.add_argument("--peak-epoch", type=int, default=5, help="with --one-cycle: epoch of the peak (default: 5)")
     p.add_argument("--iters-per-epoch", type=int, default=98, help="with --one-cycle (default: 98 = 50,000/512)")
-    p.add_argument("--lr-json", default=Config.lr_json, help=f"with --one-cycle (default: {Config.lr_json})")
+    p.add_argument("--lr-json", default=LR_JSON, help=f"with --one-cycle (default: {LR_JSON})")
     args = p.parse_args()
     if args.one_cycle:
         lo, hi, source = args.base_lr, args.max_lr, "--base-lr/--max-lr"
@@ -103,9 +103,8 @@ def main():
         check(lo, hi, args.iters_per_epoch, 1)
         if not 0 < args.peak_epoch < args.epochs:
             raise UserError(f"--peak-epoch must be between 1 and {args.epochs - 1}, got {args.peak_epoch}")
-        d = Config()
         lr_ms, mom_ms = one_cycle_milestones(args.iters_per_epoch, args.epochs, args.peak_epoch, lo, hi,
-                                             d.momentum_max, d.momentum_min)
+                                             MOMENTUM_MAX, MOMENTUM_MIN)
         draw_one_cycle(lr_ms, mom_ms, args.iters_per_epoch, args.epochs, args.peak_epoch, args.out)
         print(f"wrote {args.out}: one cycle {lo:.3g} -> {hi:.3g} -> {lo:.3g} (LRs from {source})")
         return
@@ -115,4 +114,4 @@ def main():
 
 
 if __name__ == "__main__":
-    data.run_cli(main)
+    run_cli(main)

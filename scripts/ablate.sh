@@ -17,9 +17,9 @@ declare -A variants=(
   [lrmax_x2]="--lr-max $(python3 -c "print(2 * $lr_max)")"
   [lrmax_x4]="--lr-max $(python3 -c "print(4 * $lr_max)")"
   [ls0.2]="--label-smoothing 0.2"
-  [ema]="--ema 0.025"
+  [ema]="--ema-half-life 1.5"
   [mom0.9]="--momentum 0.9 0.9"
-  [ls0.2_ema]="--label-smoothing 0.2 --ema 0.025"
+  [ls0.2_ema]="--label-smoothing 0.2 --ema-half-life 1.5"
 )
 for name in "${!variants[@]}"; do
   for seed in 0 1; do

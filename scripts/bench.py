@@ -27,6 +27,8 @@ from tabulate import tabulate  # noqa: E402
 import data  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
+from cli import COMPILE_MODES, LR_JSON, UserError, add_common_args, check_common_args, run_cli  # noqa: E402
+from files import write_json  # noqa: E402
 
 
 def sync(device):
@@ -71,26 +73,56 @@ def run_once(cfg):
     return summary, history, wall, peak
 
 
+def bench_mode(mode, args, lr_min, lr_max, macs):
+    """A warm-up run, then a timed one, of train.train() in one mode; the numbers of the table, or the error."""
+    runs = []
+    torch._dynamo.reset()  # each mode compiles from scratch: its warm-up run pays, its timed run does not
+    try:
+        for attempt in ("warm-up", "timed"):
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = train.Config(data=args.data, out=str(Path(tmp) / "run"), device=args.device, seed=args.seed,
+                                   bs=args.bs, subset=args.subset, epochs=args.epochs, peak_epoch=args.peak_epoch,
+                                   lr_min=lr_min, lr_max=lr_max, compile=compile_mode(mode), save_every=args.epochs)
+                train.check_config(cfg)
+                print(f"--- {mode}: {attempt} run")
+                runs.append(run_once(cfg))
+    except Exception as e:  # one failing compile mode must not cost the other measurements of a GPU session
+        print(f"--- {mode} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        return {"mode": mode, "error": f"{type(e).__name__}: {e}"[:2000]}
+    (summary, history, wall, peak), warm_wall = runs[1], runs[0][2]
+    n_train = args.subset or 50_000
+    per_epoch = [h["train_seconds"] for h in history]
+    train_s = sum(per_epoch)
+    flops = 3 * 2 * macs * n_train * args.epochs
+    return {"mode": mode, "median_epoch_s": statistics.median(per_epoch), "train_s": train_s,
+            "eval_s": summary["eval_seconds"], "loop_s": summary["loop_seconds"], "wall_s": wall,
+            "images_per_s": n_train * args.epochs / train_s,
+            "tflops": flops / train_s / 1e12, "pflop": flops / 1e15, "warmup_extra_s": warm_wall - wall,
+            "peak_gib": peak, "accuracy": summary["accuracy"], "tta_accuracy": summary["tta_accuracy"],
+            "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
+            "epochs": args.epochs, "bs": args.bs, "subset": args.subset}
+
+
 def main():
     import matplotlib
 
     matplotlib.use("Agg")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data.add_common_args(p, out_default="runs/bench", out_help="folder for bench.json")
+    add_common_args(p, out_default="runs/bench", out_help="folder for bench.json")
     p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--peak-epoch", type=int, default=5)
     p.add_argument("--lr-min", type=float, default=None, help="default: from --lr-json, as train.py")
     p.add_argument("--lr-max", type=float, default=None, help="default: from --lr-json, as train.py")
-    p.add_argument("--lr-json", default=train.Config.lr_json, help="range-test result (run first when missing)")
+    p.add_argument("--lr-json", default=LR_JSON, help="range-test result (run first when missing)")
     p.add_argument("--modes", default="eager,compile",
-                   help="comma list of eager, compile, compile:MODE with MODE one of " + ", ".join(train.COMPILE_MODES) +
+                   help="comma list of eager, compile, compile:MODE with MODE one of " + ", ".join(COMPILE_MODES) +
                    " (default: eager,compile); a mode that fails is reported and the others still run")
     args = p.parse_args()
-    data.check_common_args(args)
+    check_common_args(args)
     modes = args.modes.split(",")
     for mode in modes:
-        if not (mode in ("eager", "compile") or mode.startswith("compile:") and compile_mode(mode) in train.COMPILE_MODES):
-            raise data.UserError(f"--modes: unknown mode {mode!r} (eager, compile, compile:MODE)")
+        if not (mode in ("eager", "compile") or mode.startswith("compile:") and compile_mode(mode) in COMPILE_MODES):
+            raise UserError(f"--modes: unknown mode {mode!r} (eager, compile, compile:MODE)")
     macs = model.count_macs(model.ResNet9())
     d = bench_data(args)
     print(tabulate([(f"{d['read_s']:.3f}", f"{d['upload_s']:.3f}", f"{d['epoch_aug_s']:.3f}", d["batches"],
@@ -101,49 +133,19 @@ def main():
                         subset=args.subset, lr_min=args.lr_min, lr_max=args.lr_max, lr_json=args.lr_json)
     lr_min, lr_max, source = train.resolve_lrs(base, data.load_cifar10(args.data))
     print(f"LRMIN {lr_min:.4g}, LRMAX {lr_max:.4g} from {source}")
-    rows, results = [], []
-    for mode in modes:
-        runs = []
-        torch._dynamo.reset()  # each mode compiles from scratch: its warm-up run pays, its timed run does not
-        try:
-            for attempt in ("warm-up", "timed"):
-                with tempfile.TemporaryDirectory() as tmp:
-                    cfg = train.Config(data=args.data, out=str(Path(tmp) / "run"), device=args.device, seed=args.seed,
-                                       bs=args.bs, subset=args.subset, epochs=args.epochs, peak_epoch=args.peak_epoch,
-                                       lr_min=lr_min, lr_max=lr_max, compile=compile_mode(mode),
-                                       save_every=args.epochs)
-                    train.check_config(cfg)
-                    print(f"--- {mode}: {attempt} run")
-                    runs.append(run_once(cfg))
-        except Exception as e:  # one failing compile mode must not cost the other measurements of a GPU session
-            print(f"--- {mode} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            results.append({"mode": mode, "error": f"{type(e).__name__}: {e}"[:2000]})
-            rows.append((mode, "failed") + ("",) * 11)
-            continue
-        (summary, history, wall, peak), warm_wall = runs[1], runs[0][2]
-        n_train = args.subset or 50_000
-        per_epoch = [h["train_seconds"] for h in history]
-        train_s = sum(per_epoch)
-        flops = 3 * 2 * macs * n_train * args.epochs
-        r = {"mode": mode, "median_epoch_s": statistics.median(per_epoch), "train_s": train_s,
-             "eval_s": summary["eval_seconds"], "loop_s": summary["loop_seconds"], "wall_s": wall,
-             "images_per_s": n_train * args.epochs / train_s,
-             "tflops": flops / train_s / 1e12, "pflop": flops / 1e15, "warmup_extra_s": warm_wall - wall,
-             "peak_gib": peak, "accuracy": summary["accuracy"], "tta_accuracy": summary["tta_accuracy"],
-             "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
-             "epochs": args.epochs, "bs": args.bs, "subset": args.subset}
-        results.append(r)
-        rows.append((mode, f"{r['median_epoch_s']:.3f}", f"{train_s:.2f}", f"{r['eval_s']:.2f}", f"{r['loop_s']:.2f}",
-                     f"{wall:.2f}", f"{r['images_per_s']:,.0f}", f"{r['tflops']:.1f}", f"{r['warmup_extra_s']:.1f}",
-                     f"{peak:.2f}", f"{100 * r['accuracy']:.2f}", r["device"], r["torch"]))
+    results = [bench_mode(mode, args, lr_min, lr_max, macs) for mode in modes]
+    rows = [(r["mode"], "failed") + ("",) * 11 if "error" in r else
+            (r["mode"], f"{r['median_epoch_s']:.3f}", f"{r['train_s']:.2f}", f"{r['eval_s']:.2f}", f"{r['loop_s']:.2f}",
+             f"{r['wall_s']:.2f}", f"{r['images_per_s']:,.0f}", f"{r['tflops']:.1f}", f"{r['warmup_extra_s']:.1f}",
+             f"{r['peak_gib']:.2f}", f"{100 * r['accuracy']:.2f}", r["device"], r["torch"]) for r in results]
     print(tabulate(rows, headers=["mode", "s/epoch", "train s", "eval s", "loop s", "wall s", "img/s", "TFLOP/s",
                                   "warm-up +s", "peak GiB", "acc %", "device", "torch"]))
     pflop = 3 * 2 * macs * (args.subset or 50_000) * args.epochs / 1e15
     print(f"FLOP count: {pflop:.3f} PFLOP for {args.epochs} epochs (3 x 2 x {macs:,} multiply-adds per image)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data.write_json(out / "bench.json", {"data": d, "runs": results})
+    write_json(out / "bench.json", {"data": d, "runs": results})
 
 
 if __name__ == "__main__":
-    data.run_cli(main)
+    run_cli(main)

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from ignite.engine import Engine  # noqa: E402
 
-import train  # noqa: E402
+from engine import EpochTotals  # noqa: E402
+import schedule  # noqa: E402
 
 
 def engine(with_handlers, iters_per_epoch, epochs):
@@ -24,9 +25,9 @@ def engine(with_handlers, iters_per_epoch, epochs):
     out = {"loss": torch.zeros(()), "correct": torch.zeros((), dtype=torch.long), "n": 512}
     e = Engine(lambda engine, batch: out)
     if with_handlers:  # the same per-iteration handlers train.train attaches
-        lr_ms, mom_ms = train.one_cycle_milestones(iters_per_epoch, epochs, min(5, epochs - 1), 0.004, 0.4)
-        train.attach_one_cycle(e, optimizer, lr_ms, mom_ms)
-        train.EpochTotals().attach(e)
+        lr_ms, mom_ms = schedule.one_cycle_milestones(iters_per_epoch, epochs, min(5, epochs - 1), 0.004, 0.4)
+        schedule.attach_one_cycle(e, optimizer, lr_ms, mom_ms)
+        EpochTotals().attach(e)
     return e
 
 

@@ -1,4 +1,4 @@
-"""Where one training step's time goes, before guessing at speed levers: train.py's own step on its own engine.
+"""Where one training step's time goes, before guessing at speed levers: the shared training step (engine.py) on its own engine.
 
     python scripts/profile_step.py                     # GPU box: eager; add --compile [MODE] to profile a compiled step
     python scripts/profile_step.py --device cpu --subset 256 --bs 32 --warmup 2 --steps 3    # the same on a CPU
@@ -22,28 +22,31 @@ import torch.nn as nn  # noqa: E402
 from ignite.engine import Events  # noqa: E402
 
 import data  # noqa: E402
-import train  # noqa: E402
+import engine  # noqa: E402
+from cli import UserError, add_common_args, add_compile_arg, check_common_args, run_cli  # noqa: E402
+from files import write_json  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data.add_common_args(p, out_default="runs/profile", out_help="folder for profile.json and trace.json")
+    add_common_args(p, out_default="runs/profile", out_help="folder for profile.json and trace.json")
     p.add_argument("--warmup", type=int, default=30, help="steps before anything is measured (default: 30)")
     p.add_argument("--steps", type=int, default=20, help="steps timed, then steps profiled (default: 20)")
     p.add_argument("--lr", type=float, default=0.1, help="constant LR of the profiled steps (default: 0.1)")
-    train.add_compile_arg(p, what="the profiled model")
+    add_compile_arg(p, what="the profiled model")
     p.add_argument("--rows", type=int, default=25, help="operators in the table (default: 25)")
     args = p.parse_args()
-    data.check_common_args(args)
+    check_common_args(args)
     if args.warmup < 1 or args.steps < 1:
-        raise data.UserError("--warmup and --steps must be at least 1")
+        raise UserError("--warmup and --steps must be at least 1")
     cuda = args.device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     loader, _ = data.make_loaders(data.load_cifar10(args.data), args.bs, args.device, args.seed, args.subset)
-    raw, model = train.build_model(args.seed, args.device, args.compile)
-    optimizer = train.make_optimizer(raw, args.lr)
-    trainer = train.create_trainer(model, optimizer, nn.CrossEntropyLoss(), args.device)
+    raw = engine.build_model(args.seed, args.device)
+    model = engine.compile_model(raw, args.compile)
+    optimizer = engine.make_optimizer(raw, args.lr)
+    trainer = engine.create_trainer(model, optimizer, nn.CrossEntropyLoss(), args.device)
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     prof = torch.profiler.profile(activities=activities)
     w, n = args.warmup, args.steps
@@ -77,12 +80,12 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(out / "trace.json"))
     result = {"step_ms": step_ms, "host_ms": host_ms, "images_per_s": args.bs * 1000 / step_ms, "bs": args.bs,
-              "compile": args.compile, "warmup": w, "steps": n, "versions": train.versions(args.device)}
-    data.write_json(out / "profile.json", result)
+              "compile": args.compile, "warmup": w, "steps": n, "versions": engine.versions(args.device)}
+    write_json(out / "profile.json", result)
     print(f"step {step_ms:.2f} ms (synchronised, {result['images_per_s']:,.0f} img/s), host {host_ms:.2f} ms/step "
           f"issuing it ({100 * host_ms / step_ms:.0f} %); bs {args.bs}, {'compile ' + args.compile if args.compile else 'eager'}"
           f" -> {out}")
 
 
 if __name__ == "__main__":
-    data.run_cli(main)
+    run_cli(main)

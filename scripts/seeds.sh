@@ -2,17 +2,28 @@
 # The accuracy claim: one LR range test, then five full 24-epoch runs (seeds 0..4) with the LRs it found,
 # and a table of final test accuracy, flip-TTA accuracy, LRs and wall time.
 #   bash scripts/seeds.sh [OUT] [extra train.py flags...]        (OUT default runs/seeds)
+# On a box with several GPUs the seeds run concurrently, one per GPU (GPUS=N overrides the count; GPUS=1 runs
+# them one after another). Each seed's log is OUT/seedS.log.
 # COMMON="..." adds flags to both scripts, RANGE="..." to lr_range.py alone (e.g. a tiny CPU rehearsal:
-#   COMMON="--data tests/data --device cpu --subset 256 --bs 64" RANGE="--num-iter 40 --start-lr 1e-3" \
+#   COMMON="--data tests/data --device cpu --subset 256 --bs 64" RANGE="--num-iter 40" \
 #   bash scripts/seeds.sh /tmp/seeds --epochs 2 --peak-epoch 1)
 set -euo pipefail
 out=${1:-runs/seeds}; shift || true
 mkdir -p "$out"
 # shellcheck disable=SC2086
 python3 lr_range.py --out "$out/lr_range" --seed 0 ${COMMON:-} ${RANGE:-}
+gpus=${GPUS:-$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")}
+pids=()
 for seed in 0 1 2 3 4; do
   # shellcheck disable=SC2086
-  python3 train.py --epochs 24 --bs 512 --seed "$seed" --lr-json "$out/lr_range/lr_range.json" \
-    --out "$out/seed$seed" --save-every 24 ${COMMON:-} "$@"
+  CUDA_VISIBLE_DEVICES=$((seed % gpus)) python3 train.py --epochs 24 --bs 512 --seed "$seed" \
+    --lr-json "$out/lr_range/lr_range.json" --out "$out/seed$seed" --save-every 24 ${COMMON:-} "$@" \
+    > "$out/seed$seed.log" 2>&1 &
+  pids+=($!)
+  if [ ${#pids[@]} -ge "$gpus" ]; then  # every GPU busy: wait for this round
+    for p in "${pids[@]}"; do wait "$p" || { echo "seeds.sh: a run failed, see $out/seed*.log" >&2; exit 1; }; done
+    pids=()
+  fi
 done
-python3 scripts/summarize.py "$out"/seed*
+for p in "${pids[@]}"; do wait "$p" || { echo "seeds.sh: a run failed, see $out/seed*.log" >&2; exit 1; }; done
+python3 scripts/summarize.py "$out"/seed*/

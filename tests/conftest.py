@@ -13,3 +13,20 @@ def run_script(script, *args, timeout=600):
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(launch, script, *args, wait=True, timeout=600):
+    """`torchrun LAUNCH... SCRIPT ARGS...` on CPU processes (gloo), as a user would type it; one thread each."""
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", *map(str, launch), str(ROOT / script), *map(str, args)]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

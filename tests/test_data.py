@@ -15,7 +15,7 @@ def arrays():
 def test_slice_is_real_cifar10(arrays):
     tx, ty, sx, sy = arrays
     assert tx.shape == (400, 32, 32, 3) and tx.dtype == np.uint8 and sx.shape == (200, 32, 32, 3)
-    # first labels of the real files, from ../shared/cifar10/README.md
+    # the published first labels of the real CIFAR-10 files
     assert ty[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
     assert sy[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
 
@@ -153,7 +153,7 @@ def test_missing_and_truncated_files(tmp_path):
     with pytest.raises(data.UserError, match="cifar10_train.npz: corrupt or truncated"):
         data.load_cifar10(tmp_path, download=False)
     (tmp_path / "cifar10_train.npz").write_bytes(raw)
-    with pytest.raises(data.UserError, match="cifar10_test.npz"):  # the other half of the pair is missing
+    with pytest.raises(data.UserError, match="cifar10_test.npz: missing"):  # the other half of the pair
         data.load_cifar10(tmp_path, download=False)
 
 

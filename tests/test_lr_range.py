@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import data
+import engine
 import lr_range
-import train
 from conftest import DATA, run_script
 from data import UserError
 
@@ -87,16 +87,16 @@ def test_smooth_is_centred():
 
 
 def test_model_and_optimizer_restored_bit_for_bit():
-    cfg = lr_range.RangeConfig(data=str(DATA), subset=128, bs=32, num_iter=12, device="cpu")
+    cfg = lr_range.RangeConfig(data=str(DATA), subset=128, bs=32, num_iter=12, device="cpu", start_lr=1e-5)
     arrays = data.load_cifar10(DATA, download=False)
     loader, _ = data.make_loaders(arrays, cfg.bs, "cpu", subset=cfg.subset)
-    model, _ = train.build_model(0, "cpu")
-    optimizer = train.make_optimizer(model, 0.05)
-    engine = train.create_trainer(model, optimizer, torch.nn.CrossEntropyLoss(), "cpu")
-    engine.run(loader, max_epochs=1)  # momentum buffers and BN running statistics are now non-trivial
+    model = engine.build_model(0, "cpu")
+    optimizer = engine.make_optimizer(model, 0.05)
+    engine.create_trainer(model, optimizer, torch.nn.CrossEntropyLoss(), "cpu").run(loader, max_epochs=1)  # momentum buffers and BN running statistics are now non-trivial
     before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
     lrs, losses = lr_range.sweep(cfg, model, optimizer, loader)
     assert len(lrs) == len(losses) == 12 and lrs[-1] > 100 * lrs[0]
+    np.testing.assert_allclose(lrs, 1e-5 * (cfg.end_lr / 1e-5) ** (np.arange(12) / 12), rtol=1e-9)  # iteration k
     after = (model.state_dict(), optimizer.state_dict())
     for k, v in before[0].items():
         assert torch.equal(v, after[0][k]), k
@@ -107,7 +107,7 @@ def test_model_and_optimizer_restored_bit_for_bit():
 
 def test_cli_end_to_end_on_cpu(tmp_path):
     r = run_script("lr_range.py", "--data", DATA, "--out", tmp_path, "--device", "cpu", "--subset", "256",
-                   "--bs", "64", "--num-iter", "40", "--start-lr", "1e-3", "--sweeps", "2")
+                   "--bs", "64", "--num-iter", "40", "--sweeps", "2")  # the start LR: chosen for 40 iterations
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "lr_range.json").read_text())
     assert res["sweeps"] == 2 and len(res["sweep_losses"]) == 2  # the rule reads their LR-by-LR mean
@@ -118,7 +118,8 @@ def test_cli_end_to_end_on_cpu(tmp_path):
     for key in ("lrs", "losses", "lr_min", "lr_max", "rule", "seed", "bs"):
         assert key in res
     assert res["bs"] == 64 and res["seed"] == 0 and len(res["lrs"]) == len(res["losses"])
-    ratios = np.diff(np.log(res["lrs"][1:]))  # an exponential sweep: equal steps in log LR
+    assert res["start_lr"] == pytest.approx(1e-3) and res["lrs"][0] == pytest.approx(1e-3)  # the first iteration too
+    ratios = np.diff(np.log(res["lrs"]))  # an exponential sweep: equal steps in log LR from the first iteration on
     np.testing.assert_allclose(ratios, ratios[0], rtol=1e-6)
     assert res["lrs"][0] <= res["lr_min"] < res["lr_max"] <= res["lr_valley"] <= res["lrs"][-1]
     assert math.isclose(res["lr_max"], res["lr_valley"] / lr_range.MAX_BACKOFF)

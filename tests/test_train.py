@@ -1,16 +1,20 @@
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+import engine
+import schedule
 import train
-from conftest import DATA, ROOT, run_script
-from data import UserError
+from cli import LR_JSON, UserError
+from conftest import DATA, ROOT, run_script, torchrun
 
 SMOKE = ["--data", DATA, "--device", "cpu", "--subset", "256", "--bs", "32", "--lr-min", "0.01", "--lr-max", "0.1"]
 ARTEFACTS = ["config.json", "metrics.json", "curves.png", "lr.png", "misclassified.png", "confusion.png"]
@@ -41,10 +45,12 @@ def test_applied_schedule_is_the_one_cycle(smoke_run):
     out, _ = smoke_run
     trace = json.loads((out / "metrics.json").read_text())["per_iteration"]
     ipe = 8  # 256 images / 32
-    lr_ms, mom_ms = train.one_cycle_milestones(ipe, 3, 1, 0.01, 0.1)
-    assert trace["lr"] == pytest.approx(train.simulate(lr_ms, 3 * ipe))
-    assert trace["momentum"] == pytest.approx(train.simulate(mom_ms, 3 * ipe))
-    assert trace["lr"][ipe] == pytest.approx(0.1)  # the first iteration after the peak epoch runs at LRMAX
+    lr_ms, mom_ms = schedule.one_cycle_milestones(ipe, 3, 1, 0.01, 0.1)
+    assert trace["lr"] == pytest.approx(schedule.simulate(lr_ms, 3 * ipe))
+    assert trace["momentum"] == pytest.approx(schedule.simulate(mom_ms, 3 * ipe))
+    assert trace["lr"][ipe - 1] == pytest.approx(0.1)  # the last iteration of the peak epoch runs at LRMAX
+    epochs = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert epochs[0]["lr"] == pytest.approx(0.1)  # ... so the peak epoch's table row shows LRMAX
     assert trace["lr"][-1] == pytest.approx(0.01) and min(trace["lr"]) >= 0.01  # ends at LRMIN, never below
 
 
@@ -56,7 +62,7 @@ def test_refuses_to_overwrite_a_run(smoke_run):
 
 def test_resume_after_kill_gives_the_same_weights(tmp_path):
     args = ["--data", DATA, "--device", "cpu", "--subset", "192", "--bs", "32", "--lr-min", "0.02", "--lr-max", "0.3",
-            "--epochs", "2", "--peak-epoch", "1", "--ema", "0.2"]  # with weight averaging, whose state must resume too
+            "--epochs", "2", "--peak-epoch", "1", "--ema-half-life", "1"]  # with weight averaging, whose state must resume too
     r = run_script("train.py", *args, "--out", tmp_path / "whole")
     assert r.returncode == 0, r.stderr
     killed = tmp_path / "killed"
@@ -68,8 +74,14 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not (killed / "checkpoint_2.pt").exists(), "killed too late: epoch 2 had finished"
+    first_config = json.loads((killed / "config.json").read_text())
+    shutil.copytree(killed, tmp_path / "killed2")
     r = run_script("train.py", "--resume", killed, "--device", "cpu")
     assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in killed.glob("*.pt")) == ["checkpoint_2.pt"]  # the old run's file went after
+    config = json.loads((killed / "config.json").read_text())
+    assert {k: v for k, v in config.items() if k != "resumes"} == first_config  # the original, untouched
+    assert [(x["device"], x["world_size"]) for x in config["resumes"]] == [("cpu", 1)] and config["resumes"][0]["at"]
     a = torch.load(tmp_path / "whole" / "checkpoint_2.pt", weights_only=False)
     b = torch.load(killed / "checkpoint_2.pt", weights_only=False)
     for part in ("model", "ema_model"):
@@ -81,6 +93,15 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", killed))
     assert [e["train_loss"] for e in ma["epochs"]] == [e["train_loss"] for e in mb["epochs"]]
     assert ma["per_iteration"] == mb["per_iteration"]
+    # the same killed run resumed on two processes (torchrun, gloo): it finishes, from the plain checkpoint
+    r = torchrun(["--standalone", "--nproc_per_node", "2"], "train.py", "--resume", tmp_path / "killed2",
+                 "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    two = json.loads((tmp_path / "killed2" / "metrics.json").read_text())
+    assert [e["epoch"] for e in two["epochs"]] == [1, 2] and two["final"]["world_size"] == 2
+    assert two["epochs"][0] == mb["epochs"][0]  # epoch 1 is the killed run's own
+    resumes = json.loads((tmp_path / "killed2" / "config.json").read_text())["resumes"]
+    assert [x["world_size"] for x in resumes] == [2]
     r = run_script("train.py", "--resume", killed, "--device", "cpu")  # a finished run: no more training
     assert r.returncode == 0, r.stderr
     again = json.loads((killed / "metrics.json").read_text())
@@ -105,7 +126,8 @@ def test_nan_loss_stops_with_epoch_and_iteration(tmp_path):
     (["--lr-min", "-0.1", "--lr-max", "0.4"], "--lr-min must be a finite number >= 0"),
     (["--lr-max", "-1"], "--lr-max must be a finite number >= 0"),
     (["--momentum", "0.95", "1.2"], "--momentum values must be in"),
-    (["--ema", "1.5"], "--ema must be in"),
+    (["--ema-half-life", "-1"], "--ema-half-life must be in"),
+    (["--epochs", "4", "--peak-epoch", "2", "--ema-half-life", "4"], "--ema-half-life must be in"),
 ])
 def test_impossible_flags_are_refused(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
@@ -119,7 +141,7 @@ def test_impossible_flag_on_the_command_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_lrs_come_from_the_range_test(tmp_path, monkeypatch):
+def test_lrs_come_from_the_range_test(tmp_path, monkeypatch, capsys):
     cfg = train.Config(data=str(DATA), out=str(tmp_path / "run"), bs=64, subset=256,
                        lr_json=str(tmp_path / "lr_range.json"))
     ran = []
@@ -132,14 +154,111 @@ def test_lrs_come_from_the_range_test(tmp_path, monkeypatch):
     monkeypatch.setattr(lr_range, "run_range_test", fake_range_test)
     assert train.resolve_lrs(cfg, None) == (0.003, 0.3, str(tmp_path / "run" / "lr_range.json"))
     assert (ran[0].bs, ran[0].subset, ran[0].seed, ran[0].out) == (64, 256, 0, cfg.out)  # this run's settings
-    (tmp_path / "lr_range.json").write_text(json.dumps({"lr_min": 0.01, "lr_max": 0.5, "bs": 64, "subset": 256,
-                                                        "val": 0}))
+    made = lr_range.settled(ran[0])  # the settings a real test would have written into its JSON
+    saved = {"lr_min": 0.01, "lr_max": 0.5, **{k: getattr(made, k) for k in lr_range.RUN_KEYS + lr_range.SWEEP_KEYS}}
+    (tmp_path / "lr_range.json").write_text(json.dumps(saved))
     assert train.resolve_lrs(cfg, None) == (0.01, 0.5, cfg.lr_json)  # a matching JSON is used as it is
     assert train.resolve_lrs(train.Config(**{**cfg.__dict__, "lr_max": 0.7}), None) == (0.01, 0.7, cfg.lr_json)
-    (tmp_path / "lr_range.json").write_text(json.dumps({"lr_min": 0.01, "lr_max": 0.5, "bs": 512, "subset": 0,
-                                                        "val": 0}))
-    train.resolve_lrs(cfg, None)
-    assert len(ran) == 2  # made for another batch size: run the test again rather than reuse it
+    assert len(ran) == 1
+
+    def resolve(config, change):
+        Path(config.lr_json).write_text(json.dumps({**saved, **change}))
+        capsys.readouterr()
+        got = train.resolve_lrs(config, None)
+        said = capsys.readouterr().out.strip()
+        assert len(said.splitlines()) == 1 and list(change)[0] in said, said  # one line, naming the setting
+        return got, said
+
+    # made for another run (batch, subset, split, weight decay): never reused, and the run says why
+    for change in ({"bs": 512}, {"subset": 0}, {"val": 5000}, {"weight_decay": 5e-5}):
+        assert "not reused" in resolve(cfg, change)[1]
+    assert len(ran) == 5
+    # made by another sweep (iterations, sweeps, range, momentum): named with --lr-json, it is taken as chosen and
+    # the difference said; found at the default path, it is stale and the test runs again
+    sweeps = ({"num_iter": 40}, {"sweeps": 1}, {"start_lr": 1e-4}, {"end_lr": 1.0}, {"momentum": 0.95})
+    for change in sweeps:
+        got, said = resolve(cfg, change)
+        assert got == (0.01, 0.5, cfg.lr_json) and "using the LRs of this file as named" in said
+    assert len(ran) == 5
+    monkeypatch.chdir(tmp_path)
+    default = train.Config(**{**cfg.__dict__, "lr_json": LR_JSON})
+    Path(LR_JSON).parent.mkdir(parents=True)
+    for change in sweeps:
+        assert "not reused" in resolve(default, change)[1]
+    assert len(ran) == 10
+
+
+def test_a_kill_inside_a_checkpoint_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Ignite's Checkpoint asks its saver to remove the old file BEFORE it writes the new one."""
+    from ignite.engine import Engine, Events
+    from ignite.handlers import Checkpoint
+
+    from files import SafeDiskSaver
+
+    def attach(saver, first_epoch):
+        trainer = Engine(lambda e, b: None)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, Checkpoint(
+            {"model": torch.nn.Linear(2, 2), "trainer": trainer}, saver, n_saved=1,
+            global_step_transform=lambda e, _: first_epoch + e.state.epoch))
+        return trainer
+
+    trainer = attach(SafeDiskSaver(str(tmp_path)), 0)
+
+    @trainer.on(Events.EPOCH_STARTED(once=2))
+    def the_disk_dies(engine):  # the epoch-2 save is killed mid-write
+        monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run([0, 1], max_epochs=3)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_1.pt"]  # epoch 1 survives
+    monkeypatch.undo()
+    saver = SafeDiskSaver(str(tmp_path))  # the resumed process: its first save replaces what it started from
+    saver.retire(tmp_path / "checkpoint_1.pt")
+    attach(saver, 1).run([0, 1], max_epochs=2)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["checkpoint_3.pt"]
+
+
+def test_tta_survives_a_model_that_reuses_its_output_memory():
+    """A CUDA-graphed model (--compile reduce-overhead) may return the same buffer from consecutive calls."""
+
+    class Reusing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out = torch.zeros(4, 10)
+
+        def forward(self, x):
+            self.out.copy_(x[:, 0, 0, :10])  # depends on the image: the flipped one gives other logits
+            return self.out
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    ev = engine.create_evaluator(Reusing(), "cpu", tta=True)
+    logits, _ = ev._process_function(ev, (x, y))
+    torch.testing.assert_close(logits, (x[:, 0, 0, :10] + x.flip(3)[:, 0, 0, :10]) / 2)
+
+
+def test_compiled_model_keeps_static_shapes_after_the_partial_batch():
+    seen = []  # (symbolic?) of each graph torch.compile hands its backend
+
+    def backend(gm, example_inputs):
+        seen.append(any(isinstance(a, torch.SymInt) or isinstance(a, torch.Tensor) and
+                        any(isinstance(d, torch.SymInt) for d in a.shape) for a in example_inputs))
+        return gm.forward
+
+    torch._dynamo.reset()
+    net = engine.compile_model(engine.build_model(0, "cpu").eval(), "default", backend=backend)
+    with torch.no_grad():
+        for n in (8, 5, 8, 8):  # full batches, the epoch's partial last one, full batches again
+            net(torch.randn(n, 3, 32, 32))
+    assert seen == [False, False]  # one static graph per batch size; the 8s keep theirs, nothing went dynamic
+    torch._dynamo.reset()
+
+
+def test_ema_half_life_in_epochs():
+    m = engine.ema_momentum(2.0, 100)  # 2 epochs of 100 iterations = 40 updates
+    assert (1 - m) ** (2.0 * 100 / engine.EMA_EVERY) == pytest.approx(0.5)  # the old weights' share halves
+    with pytest.raises(UserError, match="shorter than one EMA update"):
+        engine.ema_momentum(0.01, 100)  # 0.2 updates: the "average" would be the current weights
 
 
 def test_summarize_prints_the_seed_table(smoke_run):
@@ -151,8 +270,6 @@ def test_summarize_prints_the_seed_table(smoke_run):
 
 
 def test_summarize_groups_ablation_variants(smoke_run, tmp_path):
-    import shutil
-
     out, _ = smoke_run
     for name in ("base-s0", "base-s1", "ema-s0"):
         (tmp_path / name).mkdir()
@@ -183,13 +300,13 @@ def test_gpu_code_path_runs_on_a_cpu(tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
-    monkeypatch.setattr(train, "gpu_path", lambda device: True)
-    with train.autocast("cpu"):
+    monkeypatch.setattr(engine, "gpu_path", lambda device: True)
+    with engine.autocast("cpu"):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    raw, _ = train.build_model(0, "cpu")
+    raw = engine.build_model(0, "cpu")
     assert raw.prep[0].weight.is_contiguous(memory_format=torch.channels_last)
-    cfg = train.Config(data=str(DATA), out=str(tmp_path / "run"), device="cpu", subset=64, bs=32, epochs=2,
-                       peak_epoch=1, lr_min=0.01, lr_max=0.1, ema=0.2, label_smoothing=0.1)
+    cfg = train.Config(data=str(DATA), out=str(tmp_path / "run"), device="cpu", subset=64, bs=16, epochs=2,
+                       peak_epoch=1, lr_min=0.01, lr_max=0.1, ema_half_life=1.5, label_smoothing=0.1)
     summary = train.train(cfg)
     epochs = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
     assert all(math.isfinite(e["train_loss"]) and math.isfinite(e["eval_loss"]) for e in epochs)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-import train
+import schedule
 import triangle
 from conftest import run_script
 from data import UserError
@@ -24,13 +24,14 @@ def test_triangle_values(base, top, step, cycles):
 
 def test_one_cycle_schedule_no_annihilation():
     ipe, epochs, peak, lo, hi = 98, 24, 5, 0.004, 0.4
-    lr_ms, mom_ms = train.one_cycle_milestones(ipe, epochs, peak, lo, hi, 0.95, 0.85)
+    lr_ms, mom_ms = schedule.one_cycle_milestones(ipe, epochs, peak, lo, hi, 0.95, 0.85)
     n = ipe * epochs
-    lr, mom = np.array(train.simulate(lr_ms, n)), np.array(train.simulate(mom_ms, n))
-    assert lr[0] == pytest.approx(lo) and lr[peak * ipe] == pytest.approx(hi) and lr[-1] == pytest.approx(lo)
+    lr, mom = np.array(schedule.simulate(lr_ms, n)), np.array(schedule.simulate(mom_ms, n))
+    top = peak * ipe - 1  # the last iteration of the peak epoch runs at LRMAX: that epoch's table row shows it
+    assert lr[0] == pytest.approx(lo) and lr[top] == pytest.approx(hi) and lr[-1] == pytest.approx(lo)
     assert lr.min() >= lo - 1e-12  # never below LRMIN
-    assert np.all(np.diff(lr[: peak * ipe + 1]) > 0) and np.all(np.diff(lr[peak * ipe:]) < 0)
-    assert mom[0] == pytest.approx(0.95) and mom[peak * ipe] == pytest.approx(0.85) and mom[-1] == pytest.approx(0.95)
+    assert np.all(np.diff(lr[: top + 1]) > 0) and np.all(np.diff(lr[top:]) < 0)
+    assert mom[0] == pytest.approx(0.95) and mom[top] == pytest.approx(0.85) and mom[-1] == pytest.approx(0.95)
     # momentum moves exactly opposite to the LR
     np.testing.assert_allclose((lr - lo) / (hi - lo), (0.95 - mom) / 0.10, atol=1e-9)
 

@@ -1,0 +1,59 @@
+"""Command-line plumbing every script shares: the common flags, and the error policy (bad input -> one line on
+stderr, exit status 2). Imports nothing from this project, so any module may use it."""
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+LR_JSON = "runs/lr_range/lr_range.json"  # where lr_range.py writes and train.py / triangle.py look by default
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
+class UserError(Exception):
+    """Bad input from the user (data, flags): the scripts print it as one line and exit non-zero."""
+
+
+def run_cli(main):
+    """Run a script's main; a UserError becomes one line on stderr and exit status 2. Under torchrun every process
+    raises the same error, so only the first process of each machine prints it."""
+    try:
+        return main()
+    except UserError as e:
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_common_args(p, out_default, out_help="folder for the results"):
+    """The flags every script shares, so people and checks drive them alike."""
+    p.add_argument("--data", default=os.environ.get("CIFAR10_DIR", "data"),
+                   help="CIFAR-10 folder: cifar10_{train,test}.npz or cifar-10-batches-py (default: $CIFAR10_DIR or ./data)")
+    p.add_argument("--out", default=out_default, help=f"{out_help} (default: {out_default})")
+    p.add_argument("--device", default=default_device(), choices=["cpu", "cuda"],
+                   help="where to train (default: cuda when present; under torchrun each process takes its own GPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and augmentation (default: 0)")
+    p.add_argument("--bs", type=int, default=512,
+                   help="training batch size, global: under torchrun each of N processes trains on bs/N (default: 512)")
+    p.add_argument("--subset", type=int, default=0,
+                   help="use only the first N train and N test images, for quick CPU runs (default: 0 = all)")
+    return p
+
+
+def add_compile_arg(p, what="the model"):
+    p.add_argument("--compile", nargs="?", const="default", default="", choices=COMPILE_MODES, metavar="MODE",
+                   help=f"torch.compile {what}, optionally with a mode: " + ", ".join(COMPILE_MODES) +
+                   " (default: off, eager; bare --compile = default)")
+
+
+def check_common_args(args):
+    if args.bs <= 0:
+        raise UserError(f"--bs must be positive, got {args.bs}")
+    if args.subset < 0:
+        raise UserError(f"--subset must be >= 0, got {args.subset}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA GPU")

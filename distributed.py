@@ -1,0 +1,141 @@
+"""Many processes, one recipe: torchrun starts them, ignite.distributed (idist) joins them, PyTorch's
+DistributedDataParallel averages their gradients. With one process every function here is a no-op.
+
+    torchrun --standalone --nproc_per_node 8 train.py --epochs 24 --bs 512
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train.py ...
+
+--bs stays the global batch: each of N processes takes its slice of every global batch (data.Loader's shard), so
+iterations per epoch, schedule and LRs are those of one process. Backend: NCCL for --device cuda, gloo for cpu.
+"""
+import os
+
+import ignite.distributed as idist
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from cli import UserError
+
+
+def launched():
+    """True under torchrun (or any launcher that sets the torch.distributed environment)."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def env_world_size():
+    """The number of processes the launcher started (1 without one), known before any process group exists."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def backend(device):
+    return ("nccl" if device == "cuda" else "gloo") if launched() else None
+
+
+def process_device(device):
+    """This process's device: under torchrun with CUDA, the GPU of its local rank (idist has made it current)."""
+    return idist.device() if device == "cuda" and idist.get_world_size() > 1 else torch.device(device)
+
+
+def check_batch(bs, world):
+    if bs % world:
+        raise UserError(f"--bs {bs} does not split evenly over {world} processes: use a multiple of {world}")
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """all_reduce(SUM) with a gradient: the gradient of a sum over processes is the sum of their gradients."""
+
+    @staticmethod
+    def forward(ctx, t):
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class CPUSyncBatchNorm(nn.BatchNorm2d):
+    """Batch norm over the union of every process's batch, for CPU processes (gloo), where torch's SyncBatchNorm
+    refuses to run. One all-reduce of the per-channel count, sum and sum of squares (in float64: E[x^2] - mean^2
+    loses digits in float32); its backward all-reduces their gradients, so each process gets the gradient of
+    the global statistics."""
+
+    def forward(self, x):
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        c, xd = x.shape[1], x.double()
+        count = torch.full((1,), xd.numel() / c, dtype=xd.dtype, device=x.device)
+        totals = _SumOverProcesses.apply(torch.cat([xd.sum((0, 2, 3)), (xd * xd).sum((0, 2, 3)), count]))
+        n = totals[-1]
+        mean = totals[:c] / n
+        var = totals[c:2 * c] / n - mean * mean
+        with torch.no_grad():  # the running statistics, as nn.BatchNorm2d keeps them (unbiased variance)
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_((var * n / (n - 1)).to(self.running_var.dtype), self.momentum)
+        y = (xd - mean[:, None, None]) * torch.rsqrt(var + self.eps)[:, None, None]
+        return (y * self.weight[:, None, None] + self.bias[:, None, None]).to(x.dtype)
+
+
+def convert_sync_bn(module):
+    """Every BatchNorm2d becomes CPUSyncBatchNorm, with the same weight, bias and statistics tensors."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            sync = CPUSyncBatchNorm(child.num_features, child.eps, child.momentum)
+            for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                setattr(sync, key, getattr(child, key))  # the same tensors: an optimizer built before still owns them
+            setattr(module, name, sync)
+        else:
+            convert_sync_bn(child)
+    return module
+
+
+def wrap_model(model, device, sync_bn=False):
+    """DistributedDataParallel over the processes (the model as it is with one). With sync_bn the batch norms
+    compute their statistics over the global batch: torch's SyncBatchNorm on GPUs, CPUSyncBatchNorm on CPUs.
+    (Not idist.auto_model: it hands DDP a GPU id whenever a GPU is visible, and its SyncBatchNorm needs one.)"""
+    if idist.get_world_size() == 1:
+        return model
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else convert_sync_bn(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def broadcast_buffers(model):
+    """Rank 0's batch-norm statistics to every process (DDP only sends them at the next training step), so that
+    every process evaluates exactly the model rank 0 checkpoints."""
+    if idist.get_world_size() > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def gather(t, sizes):
+    """Every process's tensor `t` (process r's has sizes[r] rows), concatenated in rank order, on every process."""
+    if idist.get_world_size() == 1:
+        return t
+    rows = max(sizes)  # all_gather wants equal shapes: pad to the longest part, then cut each part back
+    padded = t.new_zeros((rows, *t.shape[1:]))
+    padded[:len(t)] = t
+    parts = idist.all_gather(padded)
+    return torch.cat([parts[r * rows:r * rows + n] for r, n in enumerate(sizes)])
+
+
+def on_rank0(fn):
+    """fn() on rank 0 alone while the others wait; every process gets its result, or raises its UserError."""
+    if idist.get_world_size() == 1:
+        return fn()
+    box = [None]
+    if idist.get_rank() == 0:
+        try:
+            box = [("ok", fn())]
+        except UserError as e:
+            box = [("error", str(e))]
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise UserError(value)
+    return value

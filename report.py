@@ -1,0 +1,143 @@
+"""What a training run shows: the per-epoch table on stdout, the settings it starts with, the final evaluation
+(plain and flip-TTA) and the figures (curves.png, lr.png, confusion.png, misclassified.png), drawn once at the
+end of a run since matplotlib costs more than a GPU epoch."""
+import time
+from pathlib import Path
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Events
+
+import data
+import distributed
+from data import CLASSES
+from engine import create_evaluator
+from files import save_figure
+
+COLUMNS = [("epoch", "epoch", "{:>5d}"), ("train_loss", "train loss", "{:>10.4f}"),
+           ("train_acc", "train acc", "{:>9.2%}"), ("eval_loss", "eval loss", "{:>9.4f}"),
+           ("eval_acc", "eval acc", "{:>8.2%}"), ("lr", "lr", "{:>8.4f}"), ("momentum", "mom", "{:>5.3f}"),
+           ("train_seconds", "train s", "{:>7.2f}"), ("eval_seconds", "eval s", "{:>6.2f}")]
+
+
+def row(h, header=False):
+    """One fixed-width line per epoch (eval = the test set unless --val)."""
+    line = "  ".join(fmt.format(h[k]) for k, _, fmt in COLUMNS)
+    if not header:
+        return line
+    head = "  ".join(f"{title:>{len(fmt.format(h[k]))}}" for k, title, fmt in COLUMNS)
+    return head + "\n" + line
+
+
+def config_line(config):
+    settings = ", ".join(f"{k}={v}" for k, v in config.items() if k not in ("versions", "command"))
+    return f"config: {settings}\nversions: " + ", ".join(f"{k} {v}" for k, v in config["versions"].items() if v)
+
+
+def final_line(s):
+    return (f"{s['eval_set']} accuracy {100 * s['accuracy']:.2f} % (flip-TTA {100 * s['tta_accuracy']:.2f} %) after "
+            f"{s['epochs']} epochs: train {s['train_seconds']:.1f} s + eval {s['eval_seconds']:.1f} s, loop "
+            f"{s['loop_seconds']:.1f} s, wall {s['wall_seconds']:.1f} s -> {s['run_dir']}")
+
+
+def plot_history(history, trace, iters_per_epoch, run_dir):
+    """curves.png and lr.png, from what the run has recorded so far."""
+    if history:
+        plot_curves(history, run_dir / "curves.png")
+    if trace["lr"]:
+        plot_lr(trace, iters_per_epoch, run_dir / "lr.png")
+
+
+def plot_curves(history, path):
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    name = history[0].get("eval_name", "test") if history else "test"
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train (augmented)")
+    a.plot(ep, [h["eval_loss"] for h in history], "o-", label=name)
+    b.plot(ep, [100 * h["train_acc"] for h in history], "o-", label="train (augmented)")
+    b.plot(ep, [100 * h["eval_acc"] for h in history], "o-", label=name)
+    a.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    b.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_lr(trace, iters_per_epoch, path):
+    """The LR and momentum the optimizer actually ran with, per iteration (read back from its param group)."""
+    import matplotlib.pyplot as plt
+
+    fig, a = plt.subplots(figsize=(8, 4))
+    it = range(1, len(trace["lr"]) + 1)
+    a.plot(it, trace["lr"], color="C0")
+    a.set(xlabel=f"iteration ({iters_per_epoch} per epoch)", ylabel="learning rate", title="schedule as applied")
+    a.yaxis.label.set_color("C0")
+    m = a.twinx()
+    m.plot(it, trace["momentum"], color="C1")
+    m.set_ylabel("momentum", color="C1")
+    a.grid(alpha=0.3)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_predictions(images, labels, preds, path_mis, path_conf, name):
+    import matplotlib.pyplot as plt
+
+    k = len(CLASSES)
+    conf = torch.bincount(labels * k + preds, minlength=k * k).reshape(k, k).numpy()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(conf, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(conf[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if conf[i, j] > conf.max() / 2 else "black")
+    ax.set_xticks(range(k), CLASSES, rotation=45, ha="right")
+    ax.set_yticks(range(k), CLASSES)
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix ({name}, {len(labels)} images)")
+    save_figure(fig, path_conf)
+    plt.close(fig)
+
+    wrong = (preds != labels).nonzero().flatten()[:40].tolist()
+    fig, axes = plt.subplots(5, 8, figsize=(12, 8))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong):
+        ax.imshow(images[i])
+        ax.set_title(f"{CLASSES[labels[i]]}\n-> {CLASSES[preds[i]]}", fontsize=8, color="C3")
+    fig.suptitle(f"misclassified {name} images (true -> predicted), {int((preds != labels).sum())} in all")
+    save_figure(fig, path_mis)
+    plt.close(fig)
+
+
+def final_report(cfg, arrays, eval_model, eval_loader, device, history, trace, n_iter, lr_min, lr_max, timing,
+                 write_metrics):
+    """Plain and flip-TTA accuracy on the evaluation set, the figures, the summary in metrics.json and one line."""
+    run_dir, rank = Path(cfg.out), idist.get_rank()
+    preds = []
+    distributed.broadcast_buffers(eval_model)
+    evaluator = create_evaluator(eval_model, device)
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: preds.append(e.state.output[0].argmax(1)))
+    evaluator.run(eval_loader)
+    final = dict(evaluator.state.metrics)
+    tta = create_evaluator(eval_model, device, tta=True)
+    tta.run(eval_loader)
+    preds = distributed.gather(torch.cat(preds), eval_loader.sizes).cpu()
+    labels = distributed.gather(eval_loader.labels, eval_loader.sizes).cpu()
+    summary = {"eval_set": eval_loader.name, "accuracy": final["accuracy"], "loss": final["loss"],
+               "tta_accuracy": tta.state.metrics["accuracy"], "epochs": cfg.epochs, "lr_min": lr_min,
+               "lr_max": lr_max, "train_seconds": sum(h["train_seconds"] for h in history),
+               "eval_seconds": sum(h["eval_seconds"] for h in history), "loop_seconds": timing["loop_seconds"],
+               "wall_seconds": time.perf_counter() - timing["t_start"], "world_size": idist.get_world_size(),
+               "run_dir": str(run_dir)}
+    if rank == 0:
+        images = data.split_data(arrays, cfg.subset, cfg.val)[2]  # the evaluation images, as the loaders took them
+        plot_predictions(images, labels, preds, run_dir / "misclassified.png", run_dir / "confusion.png",
+                                eval_loader.name)
+        plot_history(history, trace, n_iter, run_dir)
+        write_metrics(final=summary)
+        print(final_line(summary))
+    return summary
