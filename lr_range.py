@@ -144,8 +144,8 @@ def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, valley_tolerance=VALLEY_T
     drop = start - s[i_valley]
     if drop < MIN_DROP * abs(start) or i_valley < 3:
         raise UserError(f"the loss never fell (from {start:.3f} at LR {lrs[0]:.2g} to at best {s[i_valley]:.3f} at "
-                        f"{lrs[i_valley]:.2g}, {n} iterations): try --num-iter {2 * n} or --end-lr {10 * lrs[-1]:.2g}, "
-                        "or check model and data")
+                        f"{lrs[i_valley]:.2g}, {n} iterations): try --num-iter {2 * n}, or a later start, --start-lr "
+                        f"{100 * lrs[0]:.2g}, or check model and data")
     # from here on the loss stays below the threshold: an early noisy dip does not count as the start of the fall
     above = np.nonzero(s[:i_valley + 1] > start - fall_fraction * drop)[0]
     i_fall = int(above[-1]) + 1 if len(above) else 0
