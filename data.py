@@ -14,6 +14,7 @@ iterations, the 98th has 336 images) rather than dropped, so no image is skipped
 """
 import argparse
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -83,11 +84,14 @@ def load_cifar10(data_dir, download=True):
         return tuple(splits)
     batches = root if root.name == "cifar-10-batches-py" else root / "cifar-10-batches-py"
     if not batches.is_dir() and download:
+        existed = root.exists()
         try:
             import torchvision
 
             torchvision.datasets.CIFAR10(str(root), train=True, download=True)
         except Exception as e:
+            if not existed:  # a failed download leaves no folder of its own behind
+                shutil.rmtree(root, ignore_errors=True)
             reason = f"download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             raise UserError(f"no CIFAR-10 in {root} and {reason}; put cifar10_train.npz + cifar10_test.npz "
                             "or torchvision's cifar-10-batches-py there (README.md, 'The data')") from None

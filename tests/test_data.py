@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -143,6 +145,24 @@ def test_bad_arrays_are_named(tmp_path, images, labels, message):
     with pytest.raises(data.UserError, match=message) as e:
         data.load_cifar10(tmp_path, download=False)
     assert "cifar10_train.npz" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_failed_download_leaves_no_folder(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(root, **kwargs):
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision does before it downloads
+        Path(root, "cifar-10-python.tar.gz").write_bytes(b"partial")  # what an interrupted download leaves
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(data.UserError, match="download failed: OSError"):
+        data.load_cifar10(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made stays
+    with pytest.raises(data.UserError):
+        data.load_cifar10(tmp_path / "mine")
+    assert (tmp_path / "mine").is_dir()
 
 
 def test_missing_and_truncated_files(tmp_path):
