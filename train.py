@@ -131,7 +131,7 @@ def resolve_lrs(cfg, arrays):
 
 
 def build_engines(cfg, device, n_iter, lr_min, lr_max):
-    """The model, optimizer, trainer with its schedules and totals, and the evaluator: everything a checkpoint holds."""
+    """The model, optimizer, trainer with its schedules (and EMA), the evaluator, and what a checkpoint holds."""
     raw = build_model(cfg.seed, device)
     model = compile_model(distributed.wrap_model(raw, device, cfg.sync_bn), cfg.compile)
     optimizer = make_optimizer(raw, lr_min, cfg.momentum_max, cfg.weight_decay)
@@ -256,7 +256,7 @@ def train(cfg):
         raise UserError(str(e)) from None
     timing = {"loop_seconds": time.perf_counter() - t_loop, "t_start": t_start}  # the loop: what the speed goal counts
     return report.final_report(cfg, arrays, eval_model, eval_loader, device, history, trace, n_iter, lr_min, lr_max,
-                        timing, write_metrics)
+                               timing, write_metrics)
 
 
 def write_config(cfg, run_dir, device, rank, world, lr_min, lr_max, lr_source, n_iter, eval_name):
