@@ -6,6 +6,8 @@ DistributedDataParallel averages their gradients. With one process every functio
 
 --bs stays the global batch: each of N processes takes its slice of every global batch (data.Loader's shard), so
 iterations per epoch, schedule and LRs are those of one process. Backend: NCCL for --device cuda, gloo for cpu.
+An epoch's partial last batch (336 images at 50,000 / 512) splits evenly over up to 16 processes; where it does
+not, the parts differ by one image and DDP's equal-weight gradient average is off by that much for that step.
 """
 import os
 
