@@ -21,8 +21,8 @@ images only, stopping once the loss diverges. Then one stated rule reads the cur
 The rule reads the LR-by-LR mean of --sweeps K sweeps (default 3; seeds seed..seed+K-1): the valley of one
 sweep is a broad, noisy floor, so one sweep's LRMAX varied 1.5-1.6x between five seeds and the mean of three
 varied 1.23x (docs/lr_range.md, a CPU proxy). Three sweeps cost about six epochs' worth of steps.
-A short sweep starts higher on its own: --start-lr defaults to --end-lr / 10^min(6, num_iter/10), at least ten
-iterations per decade of LR (200 iterations: 1e-5 to 10; 40 iterations: 1e-3 to 10).
+A short sweep starts higher on its own: --start-lr defaults to --end-lr / 10^clamp(num_iter/10, 4, 6), ten
+iterations per decade of LR where it can (200 iterations: 1e-5 to 10; 50: 1e-4; 40 or fewer: 1e-3).
 Under torchrun the range test runs on rank 0 alone (on its GPU); the other processes exit at once.
 Afterwards model and optimizer are exactly as before the test (the finder restores them).
 A loss that never falls, or is NaN from the first step, is an error and writes nothing.
@@ -81,11 +81,11 @@ class RangeConfig:
 RUN_KEYS = ("bs", "subset", "val", "weight_decay")
 SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge")
 ITERS_PER_DECADE = 10  # the fewest sweep iterations per factor of 10 in LR that still resolve the fall
-MAX_DECADES = 6
+MIN_DECADES, MAX_DECADES = 4, 6  # a sweep spans at least 1e-3..10: this network's loss starts to fall near 1e-3
 
 
 def auto_start_lr(num_iter, end_lr):
-    return end_lr / 10 ** min(MAX_DECADES, num_iter / ITERS_PER_DECADE)
+    return end_lr / 10 ** min(MAX_DECADES, max(MIN_DECADES, num_iter / ITERS_PER_DECADE))
 
 
 def settled(cfg):
@@ -143,9 +143,9 @@ def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, valley_tolerance=VALLEY_T
     i_valley, turned_up = find_valley(s, start, turn_fraction)
     drop = start - s[i_valley]
     if drop < MIN_DROP * abs(start) or i_valley < 3:
+        later = f", or a later start, --start-lr {100 * lrs[0]:.2g}" if lrs[0] <= 1e-4 else ""
         raise UserError(f"the loss never fell (from {start:.3f} at LR {lrs[0]:.2g} to at best {s[i_valley]:.3f} at "
-                        f"{lrs[i_valley]:.2g}, {n} iterations): try --num-iter {2 * n}, or a later start, --start-lr "
-                        f"{100 * lrs[0]:.2g}, or check model and data")
+                        f"{lrs[i_valley]:.2g}, {n} iterations): try --num-iter {2 * n}{later}, or check model and data")
     # from here on the loss stays below the threshold: an early noisy dip does not count as the start of the fall
     above = np.nonzero(s[:i_valley + 1] > start - fall_fraction * drop)[0]
     i_fall = int(above[-1]) + 1 if len(above) else 0
@@ -289,8 +289,8 @@ def main():
     add_common_args(p, out_default=d.out, out_help="folder for lr_range.json and lr_range.png")
     p.add_argument("--num-iter", type=int, default=d.num_iter, help=f"iterations of the sweep (default: {d.num_iter})")
     p.add_argument("--start-lr", type=float, default=None,
-                   help=f"first LR of the sweep (default: --end-lr / 10^min({MAX_DECADES}, num_iter/{ITERS_PER_DECADE}): "
-                   "1e-5 for 200 iterations, 1e-3 for 40)")
+                   help=f"first LR of the sweep (default: --end-lr / 10^clamp(num_iter/{ITERS_PER_DECADE}, {MIN_DECADES}, "
+                   f"{MAX_DECADES}): 1e-5 for 200 iterations, 1e-4 for 50, 1e-3 for 40 or fewer)")
     p.add_argument("--end-lr", type=float, default=d.end_lr, help=f"last LR of the sweep (default: {d.end_lr:g})")
     p.add_argument("--val", type=int, default=0, metavar="N",
                    help="leave out the last N training images, as train.py --val N does (default: 0)")

@@ -23,10 +23,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def torchrun(launch, script, *args, wait=True, timeout=600):
+def torchrun(launch, script, *args, wait=True, timeout=600, cwd=ROOT):
     """`torchrun LAUNCH... SCRIPT ARGS...` on CPU processes (gloo), as a user would type it; one thread each."""
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", *map(str, launch), str(ROOT / script), *map(str, args)]
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -109,6 +109,20 @@ def test_torchrun_two_nodes_with_c10d_rendezvous(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # one run folder between the two nodes
 
 
+def test_range_test_on_rank_0_and_one_fresh_run_folder(tmp_path):
+    """lr_range.py under torchrun sweeps on rank 0 alone; train.py without --out names one folder for all."""
+    two = ["--standalone", "--nproc_per_node", "2"]
+    r = torchrun(two, "lr_range.py", "--data", DATA, "--device", "cpu", "--subset", "64", "--bs", "32",
+                 "--num-iter", "20", "--sweeps", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("LRMIN") == 1 and (tmp_path / "runs" / "lr_range" / "lr_range.json").exists()
+    r = torchrun(two, "train.py", *RUN, cwd=tmp_path)  # RUN has no --out: a fresh runs/<timestamp>
+    assert r.returncode == 0, r.stderr
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.name != "lr_range")
+    assert len(runs) == 1, runs
+    check_complete_run(tmp_path / "runs" / runs[0], 2)
+
+
 def test_flags_are_refused_in_one_line_by_every_process(tmp_path):
     r = torchrun(["--standalone", "--nproc_per_node", "2"], "train.py", *RUN, "--bs", "33", "--out", tmp_path / "x")
     assert r.returncode != 0

@@ -73,6 +73,15 @@ def test_rule_refuses_curves_without_an_answer(losses, message):
         lr_range.pick_lrs(np.geomspace(1e-5, 10, len(losses)), losses)
 
 
+def test_a_short_sweep_starts_later_but_never_above_1e_3():
+    starts = {n: lr_range.auto_start_lr(n, 10.0) for n in (200, 300, 60, 50, 40, 20, 10)}
+    assert starts == pytest.approx({200: 1e-5, 300: 1e-5, 60: 1e-5, 50: 1e-4, 40: 1e-3, 20: 1e-3, 10: 1e-3})
+    with pytest.raises(UserError, match=r"try --num-iter 100, or a later start, --start-lr 0.001,"):
+        lr_range.pick_lrs(np.geomspace(1e-5, 10, 50), np.full(50, 2.3))
+    with pytest.raises(UserError, match=r"try --num-iter 100, or check"):  # starting at 1e-3, later is no help
+        lr_range.pick_lrs(np.geomspace(1e-3, 10, 50), np.full(50, 2.3))
+
+
 def test_mean_curve_averages_lr_by_lr_up_to_the_shortest_sweep():
     lrs = np.geomspace(1e-3, 1, 6).tolist()
     got_lrs, got = lr_range.mean_curve([(lrs, [2, 2, 1, 1, 3, 9]), (lrs[:4], [4, 2, 3, float("nan")])])
