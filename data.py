@@ -169,10 +169,10 @@ class Loader:
         self.batch_size, self.rank, self.world = batch_size, rank, world
         self.mean, self.std = mean.to(self.device), std.to(self.device)
         x, y = torch.as_tensor(images).to(self.device), torch.as_tensor(labels).to(self.device)
-        self.sizes = [len(y)] * world  # rows each process yields over one pass
         if not train:
-            self.sizes = [b - a for a, b in (shard(len(y), r, world) for r in range(world))]
-            a, b = shard(len(y), rank, world)
+            parts = [shard(len(y), r, world) for r in range(world)]
+            self.sizes = [b - a for a, b in parts]  # evaluation rows each process holds, to gather predictions
+            a, b = parts[rank]
             x, y = x[a:b], y[a:b]
         self.labels, self.n = y, len(y)
         # training keeps uint8, padded once (small, cheap to gather); evaluation keeps the normalised floats

@@ -132,11 +132,10 @@ class EpochTotals:
         losses = torch.stack(self.losses).double()
         sizes = torch.tensor(self.sizes, device=losses.device, dtype=torch.float64)
         index = torch.arange(len(losses), device=losses.device, dtype=torch.float64)
-        sums = torch.stack([(losses * sizes).sum(), torch.stack(self.correct).sum().double(), sizes.sum()])
-        sums = idist.all_reduce(sums)  # the one host sync of the epoch's training, below
+        sums = idist.all_reduce(torch.stack([(losses * sizes).sum(), torch.stack(self.correct).sum().double(),
+                                             sizes.sum()]))
         bad = idist.all_reduce(torch.where(torch.isfinite(losses), float("inf"), index).min(), op="MIN")
-        loss_sum, correct, n = sums.tolist()
-        bad = float(bad)
+        loss_sum, correct, n, bad = torch.cat([sums, bad[None]]).tolist()  # the host waits here, once per epoch
         return {"loss": loss_sum / n, "accuracy": correct / n,
                 "first_bad": self.first_iteration + int(bad) if bad != float("inf") else -1}
 

@@ -8,9 +8,8 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Events
 
-import data
 import distributed
-from data import CLASSES
+from data import CLASSES, split_data
 from engine import create_evaluator
 from files import save_figure
 
@@ -134,9 +133,9 @@ def final_report(cfg, arrays, eval_model, eval_loader, device, history, trace, n
                "wall_seconds": time.perf_counter() - timing["t_start"], "world_size": idist.get_world_size(),
                "run_dir": str(run_dir)}
     if rank == 0:
-        images = data.split_data(arrays, cfg.subset, cfg.val)[2]  # the evaluation images, as the loaders took them
+        images = split_data(arrays, cfg.subset, cfg.val)[2]  # the evaluation images, as the loaders took them
         plot_predictions(images, labels, preds, run_dir / "misclassified.png", run_dir / "confusion.png",
-                                eval_loader.name)
+                         eval_loader.name)
         plot_history(history, trace, n_iter, run_dir)
         write_metrics(final=summary)
         print(final_line(summary))

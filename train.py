@@ -218,8 +218,8 @@ def train(cfg):
     arrays = data.load_cifar10(cfg.data)
     train_loader, eval_loader = data.make_loaders(arrays, cfg.bs, device, cfg.seed, cfg.subset, cfg.val, cfg.eval_bs,
                                                   rank, world)
-    if cfg.resume:
-        saved = json.loads((run_dir / "config.json").read_text())
+    saved = json.loads((run_dir / "config.json").read_text()) if cfg.resume else None  # the run being resumed
+    if saved:
         lr_min, lr_max, lr_source = saved["lr_min_used"], saved["lr_max_used"], saved["lr_source"]
     else:
         lr_min, lr_max, lr_source = distributed.on_rank0(lambda: resolve_lrs(cfg, arrays))
@@ -237,7 +237,7 @@ def train(cfg):
         done, ckpt = resume_from(run_dir, to_save, saver, device, n_iter, history, trace)
         train_loader.epoch = done  # the loader's shuffle/augmentation for epoch done+1, as in an unbroken run
         say(f"resuming {run_dir} from {ckpt.name} (epoch {done} of {cfg.epochs}) on {world} process(es)")
-    config = write_config(cfg, run_dir, device, rank, world, lr_min, lr_max, lr_source, n_iter, eval_loader.name)
+    config = write_config(cfg, run_dir, device, world, lr_min, lr_max, lr_source, n_iter, eval_loader.name, saved)
     if not cfg.resume:
         say(report.config_line(config))
     if sys.stderr.isatty() and rank == 0:
@@ -259,20 +259,19 @@ def train(cfg):
                                timing, write_metrics)
 
 
-def write_config(cfg, run_dir, device, rank, world, lr_min, lr_max, lr_source, n_iter, eval_name):
-    """config.json: a new run's settings, LRs, versions and command. A resume keeps the original as it was and
+def write_config(cfg, run_dir, device, world, lr_min, lr_max, lr_source, n_iter, eval_name, original=None):
+    """config.json: a new run's settings, LRs, versions and command. A resume keeps the `original` as it was and
     appends when, where and how it continued."""
     now = time.strftime("%Y-%m-%d %H:%M:%S")
     here = {"at": now, "device": cfg.device, "world_size": world, "versions": versions(device),
             "command": " ".join(sys.argv)}
-    if cfg.resume:
-        config = json.loads((run_dir / "config.json").read_text())
-        config["resumes"] = config.get("resumes", []) + [here]
+    if original is not None:
+        config = {**original, "resumes": original.get("resumes", []) + [here]}
     else:
         config = {**dataclasses.asdict(cfg), "lr_min_used": lr_min, "lr_max_used": lr_max, "lr_source": lr_source,
                   "iters_per_epoch": n_iter, "eval_set": eval_name, "world_size": world, "started": now,
                   "versions": here["versions"], "command": here["command"]}
-    if rank == 0:
+    if idist.get_rank() == 0:
         write_json(run_dir / "config.json", config)
     return config
 

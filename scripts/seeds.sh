@@ -14,16 +14,17 @@ mkdir -p "$out"
 python3 lr_range.py --out "$out/lr_range" --seed 0 ${COMMON:-} ${RANGE:-}
 gpus=${GPUS:-$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")}
 pids=()
+wait_all() {
+  for p in "${pids[@]}"; do wait "$p" || { echo "seeds.sh: a run failed, see $out/seed*.log" >&2; exit 1; }; done
+  pids=()
+}
 for seed in 0 1 2 3 4; do
   # shellcheck disable=SC2086
   CUDA_VISIBLE_DEVICES=$((seed % gpus)) python3 train.py --epochs 24 --bs 512 --seed "$seed" \
     --lr-json "$out/lr_range/lr_range.json" --out "$out/seed$seed" --save-every 24 ${COMMON:-} "$@" \
     > "$out/seed$seed.log" 2>&1 &
   pids+=($!)
-  if [ ${#pids[@]} -ge "$gpus" ]; then  # every GPU busy: wait for this round
-    for p in "${pids[@]}"; do wait "$p" || { echo "seeds.sh: a run failed, see $out/seed*.log" >&2; exit 1; }; done
-    pids=()
-  fi
+  if [ ${#pids[@]} -ge "$gpus" ]; then wait_all; fi  # every GPU busy: wait for this round
 done
-for p in "${pids[@]}"; do wait "$p" || { echo "seeds.sh: a run failed, see $out/seed*.log" >&2; exit 1; }; done
+wait_all
 python3 scripts/summarize.py "$out"/seed*/
