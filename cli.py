@@ -1,5 +1,7 @@
 """Command-line plumbing every script shares: the common flags, and the error policy (bad input -> one line on
 stderr, exit status 2). Imports nothing from this project, so any module may use it."""
+import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -7,6 +9,7 @@ from pathlib import Path
 import torch
 
 LR_JSON = "runs/lr_range/lr_range.json"  # where lr_range.py writes and train.py / triangle.py look by default
+PAD_FILLS = ("zero", "reflect", "mean")  # what the random crop sees beyond the image's border (data.pad)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
@@ -44,6 +47,23 @@ def add_common_args(p, out_default, out_help="folder for the results"):
     return p
 
 
+def add_width_arg(p):
+    p.add_argument("--width", type=float, default=1.0, metavar="W",
+                   help="channel counts x W (default: 1 = the exercise's 64-128-256-512 network; 0.25 = the CPU "
+                   "twin: same depth, data and schedule at 1/16 of the compute)")
+
+
+def add_recipe_args(p, d):
+    """The settings that shape the training step, shared by train.py and lr_range.py (defaults from config d)."""
+    add_width_arg(p)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"SGD weight decay (default: {d.weight_decay:g})")
+    p.add_argument("--bn-decay", action=argparse.BooleanOptionalAction, default=d.bn_decay,
+                   help="weight decay on batch-norm weights and biases and the classifier's bias too "
+                   f"(default: {'on' if d.bn_decay else 'off'})")
+    p.add_argument("--pad-fill", default=d.pad_fill, choices=PAD_FILLS,
+                   help=f"the crop's 4-pixel border: black, the mirrored image, or the channel mean (default: {d.pad_fill})")
+
+
 def add_compile_arg(p, what="the model"):
     p.add_argument("--compile", nargs="?", const="default", default="", choices=COMPILE_MODES, metavar="MODE",
                    help=f"torch.compile {what}, optionally with a mode: " + ", ".join(COMPILE_MODES) +
@@ -51,6 +71,14 @@ def add_compile_arg(p, what="the model"):
 
 
 def check_common_args(args):
+    """The flags add_common_args and add_width_arg declare (whichever a script has)."""
+    width = getattr(args, "width", 1.0)
+    if not (width > 0 and math.isfinite(width)):
+        raise UserError(f"--width must be a positive number, got {width}")
+    if not getattr(args, "weight_decay", 0) >= 0:
+        raise UserError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if not hasattr(args, "bs"):
+        return
     if args.bs <= 0:
         raise UserError(f"--bs must be positive, got {args.bs}")
     if args.subset < 0:

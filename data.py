@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import UserError, add_common_args, check_common_args, run_cli
+from cli import PAD_FILLS, UserError, add_common_args, check_common_args, run_cli
 from files import save_figure
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -148,6 +148,24 @@ def augment(padded, draws, mean, std):
     return x * keep[:, None].to(x.dtype)
 
 
+def pad(x, fill="zero", mean=None):
+    """uint8 NHWC images padded by PAD on each side for the random crop: black (`zero`, torchvision's default), the
+    image mirrored at its edge (`reflect`, numpy's mode, as David Page's and airbench's loaders do) or the
+    training set's channel mean (`mean`: 0 after normalisation, as cutout fills)."""
+    if fill not in PAD_FILLS:
+        raise UserError(f"--pad-fill must be one of {', '.join(PAD_FILLS)}, got {fill}")
+    if fill == "reflect":
+        i = torch.arange(-PAD, CROP + PAD, device=x.device).abs()
+        i = torch.where(i > CROP - 1, 2 * (CROP - 1) - i, i)  # -1 -> 1, 32 -> 30: the edge pixel is not repeated
+        return x[:, i][:, :, i]
+    out = F.pad(x, (0, 0, PAD, PAD, PAD, PAD))
+    if fill == "mean":
+        ring = torch.ones(CROP + 2 * PAD, CROP + 2 * PAD, dtype=torch.bool, device=x.device)
+        ring[PAD:-PAD, PAD:-PAD] = False
+        out[:, ring] = mean.round().to(torch.uint8).to(x.device)
+    return out
+
+
 def shard(n, rank, world):
     """(start, stop) of process `rank`'s part of n consecutive items: parts differ by at most one item."""
     base, extra = divmod(n, world)
@@ -164,9 +182,10 @@ class Loader:
     the one-process batch; of the evaluation set it holds only its own consecutive part.
     """
 
-    def __init__(self, images, labels, batch_size, mean, std, device, train, seed=0, rank=0, world=1):
+    def __init__(self, images, labels, batch_size, mean, std, device, train, seed=0, rank=0, world=1,
+                 pad_fill="zero", drop_last=False):
         self.device, self.train, self.seed, self.epoch = torch.device(device), train, seed, 0
-        self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.batch_size, self.rank, self.world, self.drop_last = batch_size, rank, world, drop_last and train
         self.mean, self.std = mean.to(self.device), std.to(self.device)
         x, y = torch.as_tensor(images).to(self.device), torch.as_tensor(labels).to(self.device)
         if not train:
@@ -176,10 +195,10 @@ class Loader:
             x, y = x[a:b], y[a:b]
         self.labels, self.n = y, len(y)
         # training keeps uint8, padded once (small, cheap to gather); evaluation keeps the normalised floats
-        self.x = F.pad(x, (0, 0, PAD, PAD, PAD, PAD)) if train else normalise(x, self.mean, self.std)
+        self.x = pad(x, pad_fill, self.mean) if train else normalise(x, self.mean, self.std)
 
     def __len__(self):
-        return -(-self.n // self.batch_size)
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def __iter__(self):
         if not self.train:
@@ -191,7 +210,7 @@ class Loader:
         order = torch.randperm(self.n, generator=g)
         order = order.to(self.device, non_blocking=True)
         draws = {k: v.to(self.device, non_blocking=True) for k, v in draw_augmentation(self.n, g).items()}
-        for i in range(0, self.n, self.batch_size):
+        for i in range(0, len(self) * self.batch_size, self.batch_size):
             a, b = shard(min(self.batch_size, self.n - i), self.rank, self.world)  # this process's part
             idx = order[i + a:i + b]
             sel = {k: v[i + a:i + b] for k, v in draws.items()}
@@ -212,16 +231,21 @@ def split_data(arrays, subset=0, val=0):
     return tx, ty, sx, sy, name
 
 
-def make_loaders(arrays, batch_size, device, seed=0, subset=0, val=0, eval_batch_size=1000, rank=0, world=1):
+def make_loaders(arrays, batch_size, device, seed=0, subset=0, val=0, eval_batch_size=1000, rank=0, world=1,
+                 pad_fill="zero", drop_last=False):
     """Train and evaluation loaders on `device`. Mean/std come from all loaded training images (never the test set).
-    `batch_size` is the global batch; with `world` processes this one yields its slice (see Loader)."""
+    `batch_size` is the global batch; with `world` processes this one yields its slice (see Loader). drop_last
+    skips each epoch's partial last batch (its images are the ones the shuffle put last)."""
     arrays = [torch.as_tensor(a).to(device) for a in arrays]  # one upload; all slicing happens on the device
     mean, std = channel_stats(arrays[0][:-val] if val else arrays[0])
     tx, ty, sx, sy, name = split_data(arrays, subset, val)
-    if 0 < len(tx) % batch_size < world or len(sx) < world:
+    if drop_last and len(tx) < batch_size:
+        raise UserError(f"--drop-last with {len(tx)} training images in batches of {batch_size} leaves no batch")
+    if 0 < len(tx) % batch_size < world and not drop_last or len(sx) < world:
         raise UserError(f"{len(tx)} training images in batches of {batch_size} leave a last batch, or {len(sx)} "
                         f"evaluation images leave a part, too small for {world} processes: change --subset or --bs")
-    train = Loader(tx, ty, batch_size, mean, std, device, train=True, seed=seed, rank=rank, world=world)
+    train = Loader(tx, ty, batch_size, mean, std, device, train=True, seed=seed, rank=rank, world=world,
+                   pad_fill=pad_fill, drop_last=drop_last)
     evaluation = Loader(sx, sy, eval_batch_size, mean, std, device, train=False, rank=rank, world=world)
     evaluation.name = name
     return train, evaluation

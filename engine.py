@@ -26,10 +26,10 @@ def autocast(device):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=gpu_path(device))
 
 
-def build_model(seed, device):
-    """The ResNet-9 with seeded initial weights, on `device` in the layout that device runs fastest."""
+def build_model(seed, device, width=1.0):
+    """The ResNet-9 (channels x width) with seeded initial weights, on `device` in the layout it runs fastest."""
     torch.manual_seed(seed)
-    model = ResNet9().to(device)
+    model = ResNet9(width=width).to(device)
     if gpu_path(device):
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once and keep the fastest
@@ -44,8 +44,14 @@ def compile_model(model, mode, backend="inductor"):
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False, backend=backend)
 
 
-def make_optimizer(model, lr, momentum=0.9, weight_decay=5e-4):
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+def make_optimizer(model, lr, momentum=0.9, weight_decay=5e-4, bn_decay=True):
+    """SGD with Nesterov momentum. bn_decay=False exempts the 1-D parameters (batch-norm weights and biases, the
+    classifier's bias) from weight decay: a second parameter group, which every scheduler drives like the first."""
+    params = list(model.parameters())
+    if not bn_decay:
+        params = [{"params": [p for p in params if p.ndim > 1]},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
 
 
 def create_trainer(model, optimizer, loss_fn, device):
@@ -102,6 +108,21 @@ def attach_ema(trainer, model, half_life_epochs, iters_per_epoch):
     ema = EMAHandler(model, momentum=ema_momentum(half_life_epochs, iters_per_epoch), handle_buffers="update")
     ema.attach(trainer, event=Events.ITERATION_COMPLETED(every=EMA_EVERY), warn_if_exists=False)
     return ema.ema_model
+
+
+class Stamp:
+    """What a checkpoint records about the network it holds (its width): saved with it as one more object, and
+    checked on load, so a checkpoint of another network is refused in one line instead of a shape error."""
+
+    def __init__(self, **facts):
+        self.facts = facts
+
+    def state_dict(self):
+        return dict(self.facts)
+
+    def load_state_dict(self, saved):
+        if saved != self.facts:
+            raise UserError(f"the checkpoint holds a network with {saved}, this run builds {self.facts}")
 
 
 class NonFiniteLoss(Exception):

@@ -43,7 +43,7 @@ from ignite.handlers import FastaiLRFinder
 
 import data
 import engine
-from cli import LR_JSON, UserError, add_common_args, check_common_args, run_cli
+from cli import LR_JSON, UserError, add_common_args, add_recipe_args, check_common_args, run_cli
 from files import save_figure, write_json
 
 SMOOTH_FRACTION = 0.1  # moving-average window, as a fraction of the points recorded
@@ -75,10 +75,14 @@ class RangeConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     diverge: float = 4.0  # stop once the (EMA-smoothed) loss exceeds this multiple of its best
+    width: float = 1.0  # channel multiplier of the network (model.py)
+    bn_decay: bool = True  # weight decay on the 1-D parameters too (engine.make_optimizer)
+    pad_fill: str = "zero"  # data.pad
 
 
 # the settings that shape the loss curve: those of the run it is for, and those of the sweep itself
-RUN_KEYS = ("bs", "subset", "val", "weight_decay")
+RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "pad_fill")
+LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero"}  # keys older results lack: the values they had
 SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge")
 ITERS_PER_DECADE = 10  # the fewest sweep iterations per factor of 10 in LR that still resolve the fall
 MIN_DECADES, MAX_DECADES = 4, 6  # a sweep spans at least 1e-3..10: this network's loss starts to fall near 1e-3
@@ -96,7 +100,8 @@ def settled(cfg):
 def mismatch(saved, cfg, keys):
     """'' if the saved result was made with `cfg`'s value of every key, else what differs, in words."""
     cfg = settled(cfg)
-    return ", ".join(f"{k} {saved.get(k)} (here {getattr(cfg, k)})" for k in keys if saved.get(k) != getattr(cfg, k))
+    old = {k: saved.get(k, LEGACY.get(k)) for k in keys}
+    return ", ".join(f"{k} {old[k]} (here {getattr(cfg, k)})" for k in keys if old[k] != getattr(cfg, k))
 
 
 def smooth(values, window):
@@ -212,12 +217,13 @@ def run_range_test(cfg, arrays=None):
     t0 = time.perf_counter()
     if arrays is None:
         arrays = data.load_cifar10(cfg.data)
-    loader, _ = data.make_loaders(arrays, cfg.bs, cfg.device, cfg.seed, cfg.subset, cfg.val)  # one upload
+    loader, _ = data.make_loaders(arrays, cfg.bs, cfg.device, cfg.seed, cfg.subset, cfg.val,  # one upload
+                                  pad_fill=cfg.pad_fill)
     curves = []
     for seed in range(cfg.seed, cfg.seed + cfg.sweeps):  # each sweep: its own initial weights, order and augmentation
         loader.seed, loader.epoch = seed, 0  # the draws a fresh loader with this seed would make
-        model = engine.build_model(seed, cfg.device)
-        optimizer = engine.make_optimizer(model, cfg.start_lr, cfg.momentum, cfg.weight_decay)
+        model = engine.build_model(seed, cfg.device, cfg.width)
+        optimizer = engine.make_optimizer(model, cfg.start_lr, cfg.momentum, cfg.weight_decay, cfg.bn_decay)
         curves.append(sweep(cfg, model, optimizer, loader))
     if cfg.device == "cuda":
         torch.cuda.synchronize()
@@ -227,7 +233,8 @@ def run_range_test(cfg, arrays=None):
     result = {"lr_min": picked["lr_min"], "lr_max": picked["lr_max"], "lr_valley": picked["lr_valley"],
               "rule": RULE, "seed": cfg.seed, "bs": cfg.bs, "subset": cfg.subset, "val": cfg.val,
               "num_iter": cfg.num_iter, "start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "momentum": cfg.momentum,
-              "weight_decay": cfg.weight_decay, "diverge": cfg.diverge, "device": cfg.device, "seconds": seconds,
+              "weight_decay": cfg.weight_decay, "width": cfg.width, "bn_decay": cfg.bn_decay,
+              "pad_fill": cfg.pad_fill, "diverge": cfg.diverge, "device": cfg.device, "seconds": seconds,
               "warning": picked["warning"],
               "sweeps": cfg.sweeps, "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"],
               "sweep_losses": [c[1] for c in curves] if cfg.sweeps > 1 else None, "versions": engine.versions(cfg.device)}
@@ -287,6 +294,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = RangeConfig()
     add_common_args(p, out_default=d.out, out_help="folder for lr_range.json and lr_range.png")
+    add_recipe_args(p, d)
     p.add_argument("--num-iter", type=int, default=d.num_iter, help=f"iterations of the sweep (default: {d.num_iter})")
     p.add_argument("--start-lr", type=float, default=None,
                    help=f"first LR of the sweep (default: --end-lr / 10^clamp(num_iter/{ITERS_PER_DECADE}, {MIN_DECADES}, "
@@ -302,7 +310,8 @@ def main():
         return
     cfg = RangeConfig(data=args.data, out=args.out, device=args.device, seed=args.seed, bs=args.bs,
                       subset=args.subset, val=args.val, num_iter=args.num_iter, start_lr=args.start_lr,
-                      end_lr=args.end_lr, sweeps=args.sweeps)
+                      end_lr=args.end_lr, sweeps=args.sweeps, width=args.width,
+                      weight_decay=args.weight_decay, bn_decay=args.bn_decay, pad_fill=args.pad_fill)
     run_range_test(cfg)
 
 

@@ -6,7 +6,7 @@
     layer3  conv3x3(256->512) MaxPool2 BN ReLU  + R2(conv-BN-ReLU x2)   4x4
     head    MaxPool4 -> flatten -> Linear(512->10) -> x0.125             logits
 
-Run `python model.py` for the per-layer table. The network returns *logits*: the softmax of the exercise lives
+Run `python model.py [--width W]` for the per-layer table. The network returns *logits*: the softmax of the exercise lives
 inside the cross-entropy loss (log-softmax + NLL, numerically stable); `predict_proba` applies it once for users
 who want class probabilities. Never softmax the output and then feed it to CrossEntropyLoss.
 """
@@ -15,6 +15,8 @@ import math
 
 import torch
 import torch.nn as nn
+
+from cli import add_width_arg, check_common_args, run_cli
 
 # Page's trick: scale the logits down so that the initial softmax is nearly uniform and the large one-cycle
 # learning rates do not blow up the last layer early on.
@@ -44,15 +46,27 @@ class Residual(nn.Module):
         return x + self.res2(self.res1(x))
 
 
+def channels(width=1.0):
+    """(prep, layer1, layer2, layer3) channel counts: the exercise's 64-128-256-512 times `width`, at least 1."""
+    if not (width > 0 and math.isfinite(width)):
+        raise ValueError(f"width must be a positive number, got {width}")
+    return tuple(max(1, round(c * width)) for c in (64, 128, 256, 512))
+
+
 class ResNet9(nn.Module):
-    def __init__(self, num_classes=10, logit_scale=LOGIT_SCALE):
+    """width 1 is the exercise's network; width W multiplies every channel count by W (the "CPU twin" is 0.25:
+    the same depth, schedule and data at 1/16 of the compute)."""
+
+    def __init__(self, num_classes=10, logit_scale=LOGIT_SCALE, width=1.0):
         super().__init__()
-        self.prep = ConvBN(3, 64)
-        self.layer1 = nn.Sequential(ConvBN(64, 128, pool=True), Residual(128))
-        self.layer2 = ConvBN(128, 256, pool=True)
-        self.layer3 = nn.Sequential(ConvBN(256, 512, pool=True), Residual(512))
+        c0, c1, c2, c3 = channels(width)
+        self.width = width
+        self.prep = ConvBN(3, c0)
+        self.layer1 = nn.Sequential(ConvBN(c0, c1, pool=True), Residual(c1))
+        self.layer2 = ConvBN(c1, c2, pool=True)
+        self.layer3 = nn.Sequential(ConvBN(c2, c3, pool=True), Residual(c3))
         self.pool = nn.MaxPool2d(4)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(c3, num_classes)
         self.logit_scale = logit_scale
 
     def forward(self, x):
@@ -106,10 +120,13 @@ def layer_table(model):
 
 
 def main(argv=None):
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_width_arg(p)
+    args = p.parse_args(argv)
+    check_common_args(args)
     from tabulate import tabulate
 
-    model = ResNet9()
+    model = ResNet9(width=args.width)
     rows = [(name, kind, "x".join(map(str, shape)), f"{n:,}") for name, kind, shape, n in layer_table(model)]
     print(tabulate(rows, headers=["layer", "type", "output shape", "params"], colalign=("left",) * 3 + ("right",)))
     print(f"Multiply-adds per image (forward): {count_macs(model):,}")
@@ -117,4 +134,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

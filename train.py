@@ -34,8 +34,8 @@ import data
 import distributed
 import lr_range
 import report
-from cli import LR_JSON, UserError, add_common_args, add_compile_arg, check_common_args, run_cli
-from engine import (EMA_EVERY, EpochTotals, NonFiniteLoss, attach_ema, build_model, compile_model, create_evaluator,
+from cli import LR_JSON, UserError, add_common_args, add_compile_arg, add_recipe_args, check_common_args, run_cli
+from engine import (EMA_EVERY, EpochTotals, NonFiniteLoss, Stamp, attach_ema, build_model, compile_model, create_evaluator,
                     create_trainer, make_optimizer, versions)
 from files import SafeDiskSaver, fresh_run_dir, latest_checkpoint, write_json
 from schedule import MOMENTUM_MAX, MOMENTUM_MIN, attach_one_cycle, one_cycle_milestones
@@ -61,6 +61,10 @@ class Config:
     label_smoothing: float = 0.0
     ema_half_life: float = 0.0  # epochs; >0: evaluate an exponential moving average of the weights
     eval_bs: int = 1000
+    width: float = 1.0  # channel multiplier (model.py): 1 = the exercise's network, 0.25 = the CPU twin
+    bn_decay: bool = True  # weight decay on batch-norm weights/biases and the classifier's bias too
+    pad_fill: str = "zero"  # the crop's border (data.pad): zero / reflect / mean
+    drop_last: bool = False  # skip each epoch's partial last batch
     compile: str = ""  # "" = eager; else a torch.compile mode from cli.COMPILE_MODES
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
     save_every: int = 1  # epochs between checkpoints
@@ -101,8 +105,8 @@ def resolve_lrs(cfg, arrays):
     test runs now, on the training images only, into the run folder."""
     if cfg.lr_min is not None and cfg.lr_max is not None:
         return cfg.lr_min, cfg.lr_max, "flags"
-    wanted = lr_range.RangeConfig(data=cfg.data, out=cfg.out, device=cfg.device, seed=cfg.seed, bs=cfg.bs,
-                                  subset=cfg.subset, val=cfg.val, weight_decay=cfg.weight_decay)
+    wanted = lr_range.RangeConfig(data=cfg.data, out=cfg.out, device=cfg.device, seed=cfg.seed,
+                                  **{k: getattr(cfg, k) for k in lr_range.RUN_KEYS})
     found, path = None, Path(cfg.lr_json)
     if path.exists():
         try:
@@ -132,16 +136,17 @@ def resolve_lrs(cfg, arrays):
 
 def build_engines(cfg, device, n_iter, lr_min, lr_max):
     """The model, optimizer, trainer with its schedules (and EMA), the evaluator, and what a checkpoint holds."""
-    raw = build_model(cfg.seed, device)
+    raw = build_model(cfg.seed, device, cfg.width)
     model = compile_model(distributed.wrap_model(raw, device, cfg.sync_bn), cfg.compile)
-    optimizer = make_optimizer(raw, lr_min, cfg.momentum_max, cfg.weight_decay)
+    optimizer = make_optimizer(raw, lr_min, cfg.momentum_max, cfg.weight_decay, cfg.bn_decay)
     trainer = create_trainer(model, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device)
     lr_ms, mom_ms = one_cycle_milestones(n_iter, cfg.epochs, cfg.peak_epoch, lr_min, lr_max, cfg.momentum_max,
                                          cfg.momentum_min)
     lr_sched, mom_sched, trace = attach_one_cycle(trainer, optimizer, lr_ms, mom_ms)
     # evaluation runs the plain model on every process (not the DDP wrapper, which would talk to the others)
     eval_model = model if idist.get_world_size() == 1 else compile_model(raw, cfg.compile)
-    to_save = {"model": raw, "optimizer": optimizer, "trainer": trainer, "lr_sched": lr_sched, "mom_sched": mom_sched}
+    to_save = {"model": raw, "optimizer": optimizer, "trainer": trainer, "lr_sched": lr_sched, "mom_sched": mom_sched,
+               "network": Stamp(width=cfg.width)}
     if cfg.ema_half_life:
         eval_model = to_save["ema_model"] = attach_ema(trainer, raw, cfg.ema_half_life, n_iter)
     return trainer, create_evaluator(eval_model, device), eval_model, to_save, trace
@@ -152,7 +157,8 @@ def resume_from(run_dir, to_save, saver, device, n_iter, history, trace):
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise UserError(f"--resume {run_dir}: no checkpoint_*.pt there to resume from")
-    Checkpoint.load_objects(to_save, torch.load(ckpt, map_location=device, weights_only=False))
+    saved = torch.load(ckpt, map_location=device, weights_only=False)
+    Checkpoint.load_objects({k: v for k, v in to_save.items() if k != "network" or k in saved}, saved)  # older: no stamp
     done = to_save["trainer"].state.epoch
     old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     history[:] = [h for h in old.get("epochs", []) if h["epoch"] <= done]  # metrics may be one epoch ahead
@@ -217,7 +223,7 @@ def train(cfg):
 
     arrays = data.load_cifar10(cfg.data)
     train_loader, eval_loader = data.make_loaders(arrays, cfg.bs, device, cfg.seed, cfg.subset, cfg.val, cfg.eval_bs,
-                                                  rank, world)
+                                                  rank, world, cfg.pad_fill, cfg.drop_last)
     saved = json.loads((run_dir / "config.json").read_text()) if cfg.resume else None  # the run being resumed
     if saved:
         lr_min, lr_max, lr_source = saved["lr_min_used"], saved["lr_max_used"], saved["lr_source"]
@@ -298,9 +304,10 @@ def parse_args(argv=None):
     p.add_argument("--ema-half-life", type=float, default=d.ema_half_life, metavar="EPOCHS",
                    help="evaluate an exponential moving average of the weights whose half-life is EPOCHS epochs, "
                    f"updated every {EMA_EVERY} steps (default: 0 = off)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay (default: 5e-4)")
     p.add_argument("--momentum", type=float, nargs=2, default=[d.momentum_max, d.momentum_min], metavar=("HI", "LO"),
                    help="momentum at the ends and at the peak of the cycle (default: 0.95 0.85; equal = constant)")
+    add_recipe_args(p, d)
+    p.add_argument("--drop-last", action="store_true", help="skip each epoch's partial last batch (default: train on it)")
     p.add_argument("--eval-bs", type=int, default=d.eval_bs, help="evaluation batch size per process (default: 1000)")
     add_compile_arg(p)
     p.add_argument("--sync-bn", action="store_true",
@@ -321,12 +328,9 @@ def config_from_args(args):
         fields = {f.name for f in dataclasses.fields(Config)}
         cfg = Config(**{k: v for k, v in saved.items() if k in fields})
         return dataclasses.replace(cfg, resume=out, device=args.device, out=out)
-    return Config(data=args.data, out=out, device=args.device, seed=args.seed, bs=args.bs, subset=args.subset,
-                  val=args.val, epochs=args.epochs, peak_epoch=args.peak_epoch, lr_min=args.lr_min, lr_max=args.lr_max,
-                  lr_json=args.lr_json, momentum_max=args.momentum[0], momentum_min=args.momentum[1],
-                  weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                  ema_half_life=args.ema_half_life, eval_bs=args.eval_bs, compile=args.compile, sync_bn=args.sync_bn,
-                  save_every=args.save_every)
+    fields = {f.name for f in dataclasses.fields(Config)} - {"out", "resume"}
+    return Config(out=out, momentum_max=args.momentum[0], momentum_min=args.momentum[1],
+                  **{k: v for k, v in vars(args).items() if k in fields})
 
 
 def main(argv=None):

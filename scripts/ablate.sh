@@ -1,31 +1,55 @@
 #!/usr/bin/env bash
-# Choosing the extras on a validation split, never on the test set: the last 5,000 training images are held out
-# (--val 5000, for the range test too), and each variant trains 24 epochs on the other 45,000 with two seeds.
-#   bash scripts/ablate.sh [OUT] [extra train.py flags]   -> the table of validation accuracy per variant
-# COMMON="..." adds flags to both scripts, RANGE="..." to lr_range.py alone (as in seeds.sh); VAL=N another split.
+# Choosing the defaults on a validation split, never on the test set: the last VAL training images (default
+# 5,000) are held out, for the range test too, and each variant trains 24 epochs on the rest, once per seed.
+#   bash scripts/ablate.sh OUT [VARIANT ...]      (default: every variant below; the table at the end)
+#   VARIANT: base | pad_reflect | pad_mean | no_bn_decay | drop_last | mom0.9 | ls0.2 | ema
+#            | lrmax_xK (LRMAX = K x the found one, e.g. lrmax_x0.5) | lrmin_divK (LRMIN = found / K)
+# SEEDS="0 1" (default) picks the seeds; BASE="..." adds train.py flags to every variant (a setting already
+# chosen); COMMON="..." adds flags to both scripts (--width 0.25 for the CPU twin), RANGE="..." to lr_range.py.
+# A finished run is kept, an unfinished one resumed, so the same command continues an interrupted ablation.
 set -euo pipefail
-out=${1:-runs/ablate}; shift || true
+out=${1:?usage: bash scripts/ablate.sh OUT [VARIANT ...]}; shift
+variants=("$@")
+[ ${#variants[@]} -gt 0 ] || variants=(base lrmax_x0.5 lrmax_x0.25 lrmax_x2 lrmin_div10 mom0.9 no_bn_decay
+                                        pad_reflect pad_mean drop_last ls0.2 ema)
 mkdir -p "$out"
 val=${VAL:-5000}
+lrs="$out/lr_range/lr_range.json"
 # shellcheck disable=SC2086
-python3 lr_range.py --val "$val" --out "$out/lr_range" ${COMMON:-} ${RANGE:-}
-# the rule's LRMAX against 2x and 4x of it (LRMIN stays the found one): does the valley of a fast sweep
-# underestimate the peak a 5-epoch warm-up tolerates? The answer would change the rule, so it is asked on --val.
-lr_max=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['lr_max'])" "$out/lr_range/lr_range.json")
-declare -A variants=(
-  [base]=""
-  [lrmax_x2]="--lr-max $(python3 -c "print(2 * $lr_max)")"
-  [lrmax_x4]="--lr-max $(python3 -c "print(4 * $lr_max)")"
-  [ls0.2]="--label-smoothing 0.2"
-  [ema]="--ema-half-life 1.5"
-  [mom0.9]="--momentum 0.9 0.9"
-  [ls0.2_ema]="--label-smoothing 0.2 --ema-half-life 1.5"
-)
-for name in "${!variants[@]}"; do
-  for seed in 0 1; do
-    # shellcheck disable=SC2086
-    python3 train.py --val "$val" --seed "$seed" --lr-json "$out/lr_range/lr_range.json" --save-every 24 \
-      --out "$out/$name-s$seed" ${variants[$name]} ${COMMON:-} "$@"
+[ -f "$lrs" ] || python3 lr_range.py --val "$val" --out "$out/lr_range" ${COMMON:-} ${RANGE:-}
+# the found LR `key` times `mul` divided by `div`
+lr() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]] * float(sys.argv[3]) / float(sys.argv[4]))" "$lrs" "$@"; }
+flags_of() {
+  case "$1" in
+    base) echo "" ;;
+    pad_reflect) echo "--pad-fill reflect" ;;
+    pad_mean) echo "--pad-fill mean" ;;
+    no_bn_decay) echo "--no-bn-decay" ;;
+    drop_last) echo "--drop-last" ;;
+    mom0.9) echo "--momentum 0.9 0.9" ;;
+    ls0.2) echo "--label-smoothing 0.2" ;;
+    ema) echo "--ema-half-life 1.5" ;;
+    lrmax_x*) echo "--lr-max $(lr lr_max "${1#lrmax_x}" 1)" ;;
+    lrmin_div*) echo "--lr-min $(lr lr_min 1 "${1#lrmin_div}")" ;;
+    *) echo "ablate.sh: unknown variant $1" >&2; return 2 ;;
+  esac
+}
+for name in "${variants[@]}"; do
+  flags=$(flags_of "$name")
+  for seed in ${SEEDS:-0 1}; do
+    run="$out/$name-s$seed"
+    if python3 -c "import json, sys; sys.exit('final' not in json.load(open(sys.argv[1])))" "$run/metrics.json" 2>/dev/null; then
+      continue  # finished earlier
+    fi
+    if [ -f "$run/config.json" ]; then  # an interrupted run: its own settings, only the device may change
+      # shellcheck disable=SC2086
+      python3 train.py --resume "$run" ${COMMON:-} >> "$run.log" 2>&1 || echo "$run failed, see $run.log" >&2
+    else  # a variant that diverges fails alone, in its log, and the others still run
+      # shellcheck disable=SC2086
+      python3 train.py --val "$val" --seed "$seed" --lr-json "$lrs" --out "$run" $flags ${BASE:-} ${COMMON:-} \
+        > "$run.log" 2>&1 || echo "$run failed, see $run.log" >&2
+    fi
+    tail -n 1 "$run.log"
   done
 done
-python3 scripts/summarize.py "$out"/*-s*
+python3 scripts/summarize.py "$out"/*-s*/

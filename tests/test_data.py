@@ -205,3 +205,25 @@ def test_cli_writes_grid_and_fails_in_one_line(tmp_path):
     r = run_script("data.py", "--data", bad, "--out", tmp_path / "x.png", "--device", "cpu")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "cifar10_train.npz" in r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_pad_fills():
+    x = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    reflect = data.pad(x, "reflect")  # numpy's reflect, as David Page's and airbench's loaders pad
+    assert np.array_equal(reflect.numpy(), np.pad(x.numpy(), [(0, 0), (4, 4), (4, 4), (0, 0)], mode="reflect"))
+    zero = data.pad(x, "zero")
+    mean = data.pad(x, "mean", torch.tensor([125.3, 122.9, 113.6], dtype=torch.float64))
+    for padded in (zero, mean, reflect):
+        assert padded.shape == (3, 40, 40, 3) and torch.equal(padded[:, 4:36, 4:36], x)
+    assert zero[:, :4].eq(0).all() and zero[:, :, 36:].eq(0).all()
+    assert mean[:, :4].eq(torch.tensor([125, 123, 114], dtype=torch.uint8)).all()
+    assert mean[:, :, 36:].eq(torch.tensor([125, 123, 114], dtype=torch.uint8)).all()
+
+
+def test_drop_last_skips_the_partial_batch(arrays):
+    keep, _ = data.make_loaders(arrays, 64, "cpu")
+    drop, _ = data.make_loaders(arrays, 64, "cpu", drop_last=True)
+    assert (len(keep), len(drop)) == (7, 6)  # 400 images
+    kept, dropped = [y for _, y in keep], [y for _, y in drop]  # each loader's first epoch
+    assert [len(y) for y in dropped] == [64] * 6 and len(kept[-1]) == 400 - 6 * 64
+    assert all(torch.equal(a, b) for a, b in zip(kept, dropped))  # the same order, only cut short

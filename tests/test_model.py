@@ -52,3 +52,19 @@ def test_cli_prints_table_with_total():
     lines = r.stdout.strip().splitlines()
     assert lines[-1] == "Total params: 6,573,130"
     assert any(line.startswith("layer3.1.res1.0") and "2,359,296" in line for line in lines)
+
+
+def test_width_multiplies_every_channel_count():
+    twin = model.ResNet9(width=0.25)
+    assert model.count_params(twin) == 412_954  # 16-32-64-128
+    convs = [m for m in twin.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 32, 32, 64, 128, 128, 128] and twin.fc.in_features == 128
+    assert model.channels(1) == (64, 128, 256, 512) and model.channels(0.001) == (1, 1, 1, 1)
+    assert twin(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_cli_width_table_and_bad_width():
+    r = run_script("model.py", "--width", "0.25")
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "Total params: 412,954", r.stderr
+    r = run_script("model.py", "--width", "0")
+    assert r.returncode == 2 and r.stderr.strip() == "model.py: error: --width must be a positive number, got 0.0"

@@ -169,23 +169,32 @@ def test_lrs_come_from_the_range_test(tmp_path, monkeypatch, capsys):
         assert len(said.splitlines()) == 1 and list(change)[0] in said, said  # one line, naming the setting
         return got, said
 
-    # made for another run (batch, subset, split, weight decay): never reused, and the run says why
-    for change in ({"bs": 512}, {"subset": 0}, {"val": 5000}, {"weight_decay": 5e-5}):
+    # made for another run (batch, subset, split, weight decay, network width, ...): never reused, and says why
+    others = ({"bs": 512}, {"subset": 0}, {"val": 5000}, {"weight_decay": 5e-5}, {"width": 0.25}, {"bn_decay": False},
+              {"pad_fill": "reflect"})
+    for change in others:
         assert "not reused" in resolve(cfg, change)[1]
-    assert len(ran) == 5
+    assert len(ran) == 1 + len(others)
+    # a result older than the width flag was made for the exercise's network: reused at width 1 only
+    Path(cfg.lr_json).write_text(json.dumps({k: v for k, v in saved.items() if k not in lr_range.LEGACY}))
+    assert train.resolve_lrs(cfg, None) == (0.01, 0.5, cfg.lr_json) and len(ran) == 1 + len(others)
+    capsys.readouterr()
+    train.resolve_lrs(train.Config(**{**cfg.__dict__, "width": 0.25}), None)
+    assert "width 1.0 (here 0.25)" in capsys.readouterr().out
+    n = len(ran)
     # made by another sweep (iterations, sweeps, range, momentum): named with --lr-json, it is taken as chosen and
     # the difference said; found at the default path, it is stale and the test runs again
     sweeps = ({"num_iter": 40}, {"sweeps": 1}, {"start_lr": 1e-4}, {"end_lr": 1.0}, {"momentum": 0.95})
     for change in sweeps:
         got, said = resolve(cfg, change)
         assert got == (0.01, 0.5, cfg.lr_json) and "using the LRs of this file as named" in said
-    assert len(ran) == 5
+    assert len(ran) == n
     monkeypatch.chdir(tmp_path)
     default = train.Config(**{**cfg.__dict__, "lr_json": LR_JSON})
     Path(LR_JSON).parent.mkdir(parents=True)
     for change in sweeps:
         assert "not reused" in resolve(default, change)[1]
-    assert len(ran) == 10
+    assert len(ran) == n + len(sweeps)
 
 
 def test_a_kill_inside_a_checkpoint_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
