@@ -17,6 +17,17 @@ class UserError(Exception):
     """Bad input from the user (data, flags): the scripts print it as one line and exit non-zero."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the scripts' docstring as its description, and a bad flag reported the way every other bad
+    input is: one line (argparse's own prints the whole usage first), exit status 2."""
+
+    def __init__(self, doc, **kwargs):
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def run_cli(main):
     """Run a script's main; a UserError becomes one line on stderr and exit status 2. Under torchrun every process
     raises the same error, so only the first process of each machine prints it."""
@@ -32,12 +43,21 @@ def default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_fallback_note():
+    """The line said when --device was left to its default and torch sees no GPU: on a GPU box this usually means a
+    driver older than the CUDA build pip installed, and the run would quietly take hours on the CPU."""
+    built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return (f"note: torch {torch.__version__} ({built}) sees no CUDA GPU, so this runs on the CPU, hours for a full "
+            "run; if this machine has a GPU, check `nvidia-smi` and that its driver supports that CUDA version, or "
+            "pass --device cpu to choose the CPU on purpose")
+
+
 def add_common_args(p, out_default, out_help="folder for the results"):
     """The flags every script shares, so people and checks drive them alike."""
     p.add_argument("--data", default=os.environ.get("CIFAR10_DIR", "data"),
                    help="CIFAR-10 folder: cifar10_{train,test}.npz or cifar-10-batches-py (default: $CIFAR10_DIR or ./data)")
     p.add_argument("--out", default=out_default, help=f"{out_help} (default: {out_default})")
-    p.add_argument("--device", default=default_device(), choices=["cpu", "cuda"],
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"],
                    help="where to train (default: cuda when present; under torchrun each process takes its own GPU)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and augmentation (default: 0)")
     p.add_argument("--bs", type=int, default=512,
@@ -64,14 +84,21 @@ def add_recipe_args(p, d):
                    help=f"the crop's 4-pixel border: black, the mirrored image, or the channel mean (default: {d.pad_fill})")
 
 
+def add_tensorboard_arg(p):
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="write TensorBoard event files into the output folder, for `tensorboard --logdir runs` "
+                   "(default: on when the tensorboard package is installed)")
+
+
 def add_compile_arg(p, what="the model"):
     p.add_argument("--compile", nargs="?", const="default", default="", choices=COMPILE_MODES, metavar="MODE",
                    help=f"torch.compile {what}, optionally with a mode: " + ", ".join(COMPILE_MODES) +
                    " (default: off, eager; bare --compile = default)")
 
 
-def check_common_args(args):
-    """The flags add_common_args and add_width_arg declare (whichever a script has)."""
+def check_common_args(args, slow=True):
+    """The flags add_common_args and add_width_arg declare (whichever a script has). A --device left to its default
+    becomes cuda when torch sees a GPU; for a `slow` script, falling back to the CPU is said in one line."""
     width = getattr(args, "width", 1.0)
     if not (width > 0 and math.isfinite(width)):
         raise UserError(f"--width must be a positive number, got {width}")
@@ -83,5 +110,9 @@ def check_common_args(args):
         raise UserError(f"--bs must be positive, got {args.bs}")
     if args.subset < 0:
         raise UserError(f"--subset must be >= 0, got {args.subset}")
+    if args.device is None:
+        args.device = default_device()
+        if args.device == "cpu" and slow and os.environ.get("RANK", "0") == "0":
+            print(f"{Path(sys.argv[0]).name}: {cpu_fallback_note()}", file=sys.stderr, flush=True)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA GPU")

@@ -12,7 +12,6 @@ resumable, and the CPU and GPU see the same augmentations.
 Epochs: every training image once per epoch in a fresh order; the last batch is partial (50,000 / 512 -> 98
 iterations, the 98th has 336 images) rather than dropped, so no image is skipped in any epoch.
 """
-import argparse
 import pickle
 import shutil
 import zipfile
@@ -22,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import PAD_FILLS, UserError, add_common_args, check_common_args, run_cli
-from files import save_figure
+from cli import PAD_FILLS, Parser, UserError, add_common_args, check_common_args, run_cli
+from files import check_figure_path, save_figure
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PAD, CROP, CUTOUT = 4, 32, 8  # pixels
@@ -50,9 +49,24 @@ def _load_npz(path):
             images, labels = z["images"], z["labels"]
     except UserError:
         raise
+    except (PermissionError, IsADirectoryError) as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror})") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise UserError(f"{path}: corrupt or truncated npz ({type(e).__name__}: {e})") from None
     return _check_split(path, images, labels)
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """torchvision's CIFAR-10 batches are pickles, and a pickle can run any code: this one rebuilds numpy arrays
+    and plain containers and refuses every other global, so a batch file from elsewhere cannot run code."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch holds only arrays")
+        return super().find_class(module, name)
 
 
 def _load_batches(folder, names):
@@ -61,7 +75,7 @@ def _load_batches(folder, names):
         path = folder / name
         try:
             with open(path, "rb") as f:
-                d = pickle.load(f, encoding="latin1")
+                d = _ArraysOnly(f, encoding="latin1").load()
             images.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels.append(np.asarray(d["labels"]))
         except FileNotFoundError:
@@ -74,6 +88,8 @@ def _load_batches(folder, names):
 def load_cifar10(data_dir, download=True):
     """Returns (train_images, train_labels, test_images, test_labels): uint8 NHWC arrays and int64 labels."""
     root = Path(data_dir)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: is a file; --data names the folder that holds CIFAR-10")
     pair = [root / "cifar10_train.npz", root / "cifar10_test.npz"]
     if any(p.exists() for p in pair):
         splits = []
@@ -254,12 +270,13 @@ def make_loaders(arrays, batch_size, device, seed=0, subset=0, val=0, eval_batch
 # ---------------------------------------------------------------------------------------------- the grid
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    p = Parser(__doc__)
     add_common_args(p, out_default="aug.png", out_help="PNG file for the grid of augmented images")
     p.add_argument("--rows", type=int, default=4, help="rows (and twice as many columns) in the grid (default: 4)")
-    args = p.parse_args()
-    check_common_args(args)
+    args = p.parse_args(argv)
+    check_common_args(args, slow=False)
+    check_figure_path(args.out)
     if args.rows <= 0:
         raise UserError(f"--rows must be positive, got {args.rows}")
     import matplotlib

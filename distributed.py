@@ -126,6 +126,23 @@ def gather(t, sizes):
     return torch.cat([parts[r * rows:r * rows + n] for r, n in enumerate(sizes)])
 
 
+def release():
+    """Free now what still holds the process group (the DDP wrapper and its reducer, the engines: reference cycles
+    that only the garbage collector ends). Left for the interpreter's exit, after the group is destroyed, gloo's
+    worker threads were torn down with the interpreter half gone, which now and then aborted a finished process
+    ("terminate called without an active exception") and made torchrun stop the others mid-report."""
+    import gc
+
+    gc.collect()
+
+
+def leave_together():
+    """Every process waits here until the last one (rank 0, writing the final report) is done, so that no process
+    leaves the group while another still works; then the launcher destroys the group on all of them at once."""
+    if idist.get_world_size() > 1:
+        idist.barrier()
+
+
 def on_rank0(fn):
     """fn() on rank 0 alone while the others wait; every process gets its result, or raises its UserError."""
     if idist.get_world_size() == 1:

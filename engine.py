@@ -167,4 +167,15 @@ def versions(device):
 
     gpu = torch.cuda.get_device_name(torch.device(device)) if torch.device(device).type == "cuda" else None
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "ignite": ignite.__version__, "gpu": gpu, "cpu": platform.processor() or platform.machine()}
+            "ignite": ignite.__version__, "gpu": gpu, "cpu": cpu_name(), "cpu_threads": torch.get_num_threads()}
+
+
+def cpu_name():
+    """The CPU's model name (Linux: /proc/cpuinfo), for the results that a CPU measured."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -27,7 +27,6 @@ Under torchrun the range test runs on rank 0 alone (on its GPU); the other proce
 Afterwards model and optimizer are exactly as before the test (the finder restores them).
 A loss that never falls, or is NaN from the first step, is an error and writes nothing.
 """
-import argparse
 import dataclasses
 import math
 import os
@@ -43,8 +42,10 @@ from ignite.handlers import FastaiLRFinder
 
 import data
 import engine
-from cli import LR_JSON, UserError, add_common_args, add_recipe_args, check_common_args, run_cli
-from files import save_figure, write_json
+import tblog
+from cli import (LR_JSON, Parser, UserError, add_common_args, add_recipe_args, add_tensorboard_arg, check_common_args,
+                 run_cli)
+from files import check_writable, read_lr_result, save_figure, write_json
 
 SMOOTH_FRACTION = 0.1  # moving-average window, as a fraction of the points recorded
 TURN_FRACTION = 0.25  # the loss has turned up once it climbs back by 25 % of the drop made so far
@@ -78,11 +79,17 @@ class RangeConfig:
     width: float = 1.0  # channel multiplier of the network (model.py)
     bn_decay: bool = True  # weight decay on the 1-D parameters too (engine.make_optimizer)
     pad_fill: str = "zero"  # data.pad
+    tensorboard: bool = False  # also write the curve as TensorBoard events into `out` (tblog.py)
 
 
 # the settings that shape the loss curve: those of the run it is for, and those of the sweep itself
 RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "pad_fill")
 LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero"}  # keys older results lack: the values they had
+
+
+def read_result(path):
+    """A saved range-test result, checked: one line if it is damaged or not one (files.read_lr_result)."""
+    return read_lr_result(path, [k for k in RUN_KEYS + SWEEP_KEYS if k not in LEGACY])
 SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge")
 ITERS_PER_DECADE = 10  # the fewest sweep iterations per factor of 10 in LR that still resolve the fall
 MIN_DECADES, MAX_DECADES = 4, 6  # a sweep spans at least 1e-3..10: this network's loss starts to fall near 1e-3
@@ -238,9 +245,15 @@ def run_range_test(cfg, arrays=None):
               "warning": picked["warning"],
               "sweeps": cfg.sweeps, "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"],
               "sweep_losses": [c[1] for c in curves] if cfg.sweeps > 1 else None, "versions": engine.versions(cfg.device)}
+    import matplotlib.pyplot as plt
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    plot(result, out / "lr_range.png")
+    figure = plot(result)
+    save_figure(figure, out / "lr_range.png")
+    if cfg.tensorboard:
+        tblog.log_range_test(out, result, figure)
+    plt.close(figure)
     write_json(out / "lr_range.json", result)
     if picked["warning"]:
         print(f"warning: {picked['warning']}")
@@ -249,7 +262,8 @@ def run_range_test(cfg, arrays=None):
     return result
 
 
-def plot(result, path):
+def plot(result):
+    """The figure of a result: single sweeps, their mean, the smoothed curve, LRMIN and LRMAX."""
     import matplotlib.pyplot as plt
 
     lrs, n = result["lrs"], len(result["smoothed"])
@@ -274,8 +288,7 @@ def plot(result, path):
                else f"seed {result['seed']}"))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    save_figure(fig, path)
-    plt.close(fig)
+    return fig
 
 
 def check(cfg):
@@ -287,14 +300,15 @@ def check(cfg):
         raise UserError(f"need 0 < --start-lr < --end-lr, got {cfg.start_lr} and {cfg.end_lr}")
 
 
-def main():
+def main(argv=None):
     import matplotlib
 
     matplotlib.use("Agg")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     d = RangeConfig()
     add_common_args(p, out_default=d.out, out_help="folder for lr_range.json and lr_range.png")
     add_recipe_args(p, d)
+    add_tensorboard_arg(p)
     p.add_argument("--num-iter", type=int, default=d.num_iter, help=f"iterations of the sweep (default: {d.num_iter})")
     p.add_argument("--start-lr", type=float, default=None,
                    help=f"first LR of the sweep (default: --end-lr / 10^clamp(num_iter/{ITERS_PER_DECADE}, {MIN_DECADES}, "
@@ -304,14 +318,16 @@ def main():
                    help="leave out the last N training images, as train.py --val N does (default: 0)")
     p.add_argument("--sweeps", type=int, default=d.sweeps,
                    help=f"average the loss curves of K sweeps (seeds seed..seed+K-1) before the rule (default: {d.sweeps})")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     check_common_args(args)
+    check_writable(args.out, "folder")
     if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 alone runs the test
         return
     cfg = RangeConfig(data=args.data, out=args.out, device=args.device, seed=args.seed, bs=args.bs,
                       subset=args.subset, val=args.val, num_iter=args.num_iter, start_lr=args.start_lr,
                       end_lr=args.end_lr, sweeps=args.sweeps, width=args.width,
-                      weight_decay=args.weight_decay, bn_decay=args.bn_decay, pad_fill=args.pad_fill)
+                      weight_decay=args.weight_decay, bn_decay=args.bn_decay, pad_fill=args.pad_fill,
+                      tensorboard=tblog.wanted(args.tensorboard))
     run_range_test(cfg)
 
 

@@ -10,13 +10,12 @@ Run `python model.py [--width W]` for the per-layer table. The network returns *
 inside the cross-entropy loss (log-softmax + NLL, numerically stable); `predict_proba` applies it once for users
 who want class probabilities. Never softmax the output and then feed it to CrossEntropyLoss.
 """
-import argparse
 import math
 
 import torch
 import torch.nn as nn
 
-from cli import add_width_arg, check_common_args, run_cli
+from cli import Parser, add_width_arg, check_common_args, run_cli
 
 # Page's trick: scale the logits down so that the initial softmax is nearly uniform and the large one-cycle
 # learning rates do not blow up the last layer early on.
@@ -120,7 +119,7 @@ def layer_table(model):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     add_width_arg(p)
     args = p.parse_args(argv)
     check_common_args(args)

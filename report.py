@@ -1,17 +1,20 @@
-"""What a training run shows: the per-epoch table on stdout, the settings it starts with, the final evaluation
-(plain and flip-TTA) and the figures (curves.png, lr.png, confusion.png, misclassified.png), drawn once at the
+"""What a training run shows and records: config.json, the per-epoch table on stdout and metrics.json, the final
+evaluation (plain and flip-TTA) and the figures (curves.png, lr.png, confusion.png, misclassified.png), drawn once at the
 end of a run since matplotlib costs more than a GPU epoch."""
+import dataclasses
+import sys
 import time
 from pathlib import Path
 
 import ignite.distributed as idist
 import torch
 from ignite.engine import Events
+from ignite.handlers import Timer
 
 import distributed
 from data import CLASSES, split_data
-from engine import create_evaluator
-from files import save_figure
+from engine import EpochTotals, NonFiniteLoss, create_evaluator, versions
+from files import save_figure, write_json
 
 COLUMNS = [("epoch", "epoch", "{:>5d}"), ("train_loss", "train loss", "{:>10.4f}"),
            ("train_acc", "train acc", "{:>9.2%}"), ("eval_loss", "eval loss", "{:>9.4f}"),
@@ -140,3 +143,58 @@ def final_report(cfg, arrays, eval_model, eval_loader, device, history, trace, n
         write_metrics(final=summary)
         print(final_line(summary))
     return summary
+
+
+def attach_monitor(trainer, evaluator, eval_model, eval_loader, trace, n_iter, cfg, device):
+    """Per epoch: the synchronised training time, the epoch's totals and NaN check, evaluation, one table row and
+    metrics.json (rank 0). Returns (history, write_metrics)."""
+    rank, history = idist.get_rank(), []
+    totals = EpochTotals().attach(trainer)
+    sync = (lambda _: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda _: None)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, sync)  # before the timer: GPU work is asynchronous
+    timer = Timer()
+    timer.attach(trainer, start=Events.EPOCH_STARTED, resume=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED,
+                 step=Events.EPOCH_COMPLETED)
+
+    def write_metrics(**extra):
+        if rank == 0:
+            write_json(Path(cfg.out) / "metrics.json", {"epochs": history, "per_iteration": trace, **extra})
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def end_of_epoch(engine):
+        stats = totals.read()  # the one host sync of the epoch's training, the same on every process
+        if stats["first_bad"] >= 0:
+            it = stats["first_bad"]
+            raise NonFiniteLoss(f"loss became NaN/inf at epoch {engine.state.epoch}, iteration {it} "
+                                f"({(it - 1) % n_iter + 1} of the epoch) with LR {trace['lr'][it - 1]:.4g}: "
+                                "lower --lr-max or check the data")
+        t_train, t0 = timer.value(), time.perf_counter()
+        distributed.broadcast_buffers(eval_model)
+        evaluator.run(eval_loader)
+        m = evaluator.state.metrics
+        history.append({"epoch": engine.state.epoch, "train_loss": stats["loss"], "train_acc": stats["accuracy"],
+                        "eval_loss": m["loss"], "eval_acc": m["accuracy"], "eval_name": eval_loader.name,
+                        "lr": trace["lr"][-1], "momentum": trace["momentum"][-1],
+                        "train_seconds": t_train, "eval_seconds": time.perf_counter() - t0})
+        if rank == 0:
+            print(row(history[-1], header=len(history) == 1 and not cfg.resume), flush=True)
+        write_metrics()
+
+    return history, write_metrics
+
+
+def write_config(cfg, run_dir, device, world, lr_min, lr_max, lr_source, n_iter, eval_name, original=None):
+    """config.json: a new run's settings, LRs, versions and command. A resume keeps the `original` as it was and
+    appends when, where and how it continued."""
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
+    here = {"at": now, "device": cfg.device, "world_size": world, "versions": versions(device),
+            "command": " ".join(sys.argv)}
+    if original is not None:
+        config = {**original, "resumes": original.get("resumes", []) + [here]}
+    else:
+        config = {**dataclasses.asdict(cfg), "lr_min_used": lr_min, "lr_max_used": lr_max, "lr_source": lr_source,
+                  "iters_per_epoch": n_iter, "eval_set": eval_name, "world_size": world, "started": now,
+                  "versions": here["versions"], "command": here["command"]}
+    if idist.get_rank() == 0:
+        write_json(run_dir / "config.json", config)
+    return config

@@ -15,29 +15,30 @@ Under torchrun, --bs is the global batch (distributed.py); only rank 0 prints an
 A run writes into --out (default: a fresh runs/YYYYmmdd-HHMMSS): config.json, metrics.json, curves.png, lr.png,
 misclassified.png, confusion.png and checkpoint_<epoch>.pt; `--resume DIR` continues a killed run exactly.
 """
-import argparse
 import dataclasses
-import json
 import logging
 import math
 import sys
 import time
+import typing
 from pathlib import Path
 
 import ignite.distributed as idist
 import torch
 import torch.nn as nn
 from ignite.engine import Events
-from ignite.handlers import Checkpoint, Timer
+from ignite.handlers import Checkpoint
 
 import data
 import distributed
 import lr_range
 import report
-from cli import LR_JSON, UserError, add_common_args, add_compile_arg, add_recipe_args, check_common_args, run_cli
-from engine import (EMA_EVERY, EpochTotals, NonFiniteLoss, Stamp, attach_ema, build_model, compile_model, create_evaluator,
-                    create_trainer, make_optimizer, versions)
-from files import SafeDiskSaver, fresh_run_dir, latest_checkpoint, write_json
+import tblog
+from cli import (LR_JSON, Parser, UserError, add_common_args, add_compile_arg, add_recipe_args, add_tensorboard_arg,
+                 check_common_args, run_cli)
+from engine import (EMA_EVERY, NonFiniteLoss, Stamp, attach_ema, build_model, compile_model, create_evaluator,
+                    create_trainer, make_optimizer)
+from files import SafeDiskSaver, check_writable, fresh_run_dir, latest_checkpoint, load_checkpoint, read_json
 from schedule import MOMENTUM_MAX, MOMENTUM_MIN, attach_one_cycle, one_cycle_milestones
 
 @dataclasses.dataclass
@@ -67,6 +68,7 @@ class Config:
     drop_last: bool = False  # skip each epoch's partial last batch
     compile: str = ""  # "" = eager; else a torch.compile mode from cli.COMPILE_MODES
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
+    tensorboard: bool | None = None  # None: when the tensorboard package is installed (tblog.py)
     save_every: int = 1  # epochs between checkpoints
     resume: str = ""
 
@@ -96,6 +98,7 @@ def check_config(cfg, world=1):
     if cfg.save_every <= 0 or cfg.eval_bs <= 0 or cfg.val < 0:
         raise UserError("--save-every and --eval-bs must be positive, --val >= 0")
     distributed.check_batch(cfg.bs, world)
+    tblog.wanted(cfg.tensorboard)
 
 
 def resolve_lrs(cfg, arrays):
@@ -105,17 +108,14 @@ def resolve_lrs(cfg, arrays):
     test runs now, on the training images only, into the run folder."""
     if cfg.lr_min is not None and cfg.lr_max is not None:
         return cfg.lr_min, cfg.lr_max, "flags"
-    wanted = lr_range.RangeConfig(data=cfg.data, out=cfg.out, device=cfg.device, seed=cfg.seed,
-                                  **{k: getattr(cfg, k) for k in lr_range.RUN_KEYS})
+    wanted = lr_range.RangeConfig(data=cfg.data, out=str(Path(cfg.out) / "lr_range"), device=cfg.device, seed=cfg.seed,
+                                  tensorboard=tblog.wanted(cfg.tensorboard), **{k: getattr(cfg, k) for k in lr_range.RUN_KEYS})
     found, path = None, Path(cfg.lr_json)
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError) as e:
-            raise UserError(f"{path}: unreadable LR range result ({e}); delete it or run lr_range.py again") from None
+    named = cfg.lr_json != LR_JSON
+    if path.exists() or named:  # a file named on purpose must be there
+        saved = lr_range.read_result(path)
         stale = lr_range.mismatch(saved, wanted, lr_range.RUN_KEYS)
         sweep = lr_range.mismatch(saved, wanted, lr_range.SWEEP_KEYS)
-        named = cfg.lr_json != LR_JSON
         if stale or (sweep and not named):
             print(f"{path} not reused, it was made with other settings: {stale or sweep}; running the range test now")
         else:
@@ -123,7 +123,7 @@ def resolve_lrs(cfg, arrays):
             if sweep:
                 print(f"{path}: using the LRs of this file as named, from a sweep with {sweep}")
     if found is None:
-        found, source = lr_range.run_range_test(wanted, arrays=arrays), str(Path(cfg.out) / "lr_range.json")
+        found, source = lr_range.run_range_test(wanted, arrays=arrays), str(Path(wanted.out) / "lr_range.json")
     lr_min = cfg.lr_min if cfg.lr_min is not None else found["lr_min"]
     lr_max = cfg.lr_max if cfg.lr_max is not None else found["lr_max"]
     if not 0 <= lr_min < lr_max:
@@ -145,8 +145,8 @@ def build_engines(cfg, device, n_iter, lr_min, lr_max):
     lr_sched, mom_sched, trace = attach_one_cycle(trainer, optimizer, lr_ms, mom_ms)
     # evaluation runs the plain model on every process (not the DDP wrapper, which would talk to the others)
     eval_model = model if idist.get_world_size() == 1 else compile_model(raw, cfg.compile)
-    to_save = {"model": raw, "optimizer": optimizer, "trainer": trainer, "lr_sched": lr_sched, "mom_sched": mom_sched,
-               "network": Stamp(width=cfg.width)}
+    to_save = {"network": Stamp(width=cfg.width),  # first: loading checks it before the weights
+               "model": raw, "optimizer": optimizer, "trainer": trainer, "lr_sched": lr_sched, "mom_sched": mom_sched}
     if cfg.ema_half_life:
         eval_model = to_save["ema_model"] = attach_ema(trainer, raw, cfg.ema_half_life, n_iter)
     return trainer, create_evaluator(eval_model, device), eval_model, to_save, trace
@@ -157,10 +157,16 @@ def resume_from(run_dir, to_save, saver, device, n_iter, history, trace):
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise UserError(f"--resume {run_dir}: no checkpoint_*.pt there to resume from")
-    saved = torch.load(ckpt, map_location=device, weights_only=False)
-    Checkpoint.load_objects({k: v for k, v in to_save.items() if k != "network" or k in saved}, saved)  # older: no stamp
+    saved = load_checkpoint(ckpt, device)
+    try:
+        Checkpoint.load_objects({k: v for k, v in to_save.items() if k != "network" or k in saved}, saved)  # older: no stamp
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{ckpt}: not a checkpoint of this run ({first[:200]})") from None
     done = to_save["trainer"].state.epoch
-    old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    metrics = run_dir / "metrics.json"
+    old = read_json(metrics, "metrics file", "move it aside to resume without the earlier epochs' rows") \
+        if metrics.exists() else {}
     history[:] = [h for h in old.get("epochs", []) if h["epoch"] <= done]  # metrics may be one epoch ahead
     for k in trace:
         trace[k][:] = old.get("per_iteration", {}).get(k, [])[: done * n_iter]
@@ -168,45 +174,21 @@ def resume_from(run_dir, to_save, saver, device, n_iter, history, trace):
     return done, ckpt
 
 
-def attach_monitor(trainer, evaluator, eval_model, eval_loader, trace, n_iter, cfg, device):
-    """Per epoch: the synchronised training time, the epoch's totals and NaN check, evaluation, one table row and
-    metrics.json (rank 0). Returns (history, write_metrics)."""
-    rank, history = idist.get_rank(), []
-    totals = EpochTotals().attach(trainer)
-    sync = (lambda _: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda _: None)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, sync)  # before the timer: GPU work is asynchronous
-    timer = Timer()
-    timer.attach(trainer, start=Events.EPOCH_STARTED, resume=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED,
-                 step=Events.EPOCH_COMPLETED)
-
-    def write_metrics(**extra):
-        if rank == 0:
-            write_json(Path(cfg.out) / "metrics.json", {"epochs": history, "per_iteration": trace, **extra})
-
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def end_of_epoch(engine):
-        stats = totals.read()  # the one host sync of the epoch's training, the same on every process
-        if stats["first_bad"] >= 0:
-            it = stats["first_bad"]
-            raise NonFiniteLoss(f"loss became NaN/inf at epoch {engine.state.epoch}, iteration {it} "
-                                f"({(it - 1) % n_iter + 1} of the epoch) with LR {trace['lr'][it - 1]:.4g}: "
-                                "lower --lr-max or check the data")
-        t_train, t0 = timer.value(), time.perf_counter()
-        distributed.broadcast_buffers(eval_model)
-        evaluator.run(eval_loader)
-        m = evaluator.state.metrics
-        history.append({"epoch": engine.state.epoch, "train_loss": stats["loss"], "train_acc": stats["accuracy"],
-                        "eval_loss": m["loss"], "eval_acc": m["accuracy"], "eval_name": eval_loader.name,
-                        "lr": trace["lr"][-1], "momentum": trace["momentum"][-1],
-                        "train_seconds": t_train, "eval_seconds": time.perf_counter() - t0})
-        if rank == 0:
-            print(report.row(history[-1], header=len(history) == 1 and not cfg.resume), flush=True)
-        write_metrics()
-
-    return history, write_metrics
-
-
 # ---------------------------------------------------------------------------------------------- the run
+
+
+def settle(cfg, device, rank, world):
+    """The data, its loaders on `device`, the resumed run's config.json (None for a new run) and the LRs: the
+    resumed run's own, or resolve_lrs' (on rank 0 alone, the others wait)."""
+    arrays = data.load_cifar10(cfg.data)
+    train_loader, eval_loader = data.make_loaders(arrays, cfg.bs, device, cfg.seed, cfg.subset, cfg.val, cfg.eval_bs,
+                                                  rank, world, cfg.pad_fill, cfg.drop_last)
+    saved = read_run_config(Path(cfg.out)) if cfg.resume else None
+    if saved:
+        lrs = saved["lr_min_used"], saved["lr_max_used"], saved["lr_source"]
+    else:
+        lrs = distributed.on_rank0(lambda: resolve_lrs(cfg, arrays))
+    return arrays, train_loader, eval_loader, saved, lrs
 
 
 def train(cfg):
@@ -221,31 +203,27 @@ def train(cfg):
         cfg = dataclasses.replace(cfg, out=distributed.on_rank0(lambda: str(fresh_run_dir())))
     run_dir = Path(cfg.out)
 
-    arrays = data.load_cifar10(cfg.data)
-    train_loader, eval_loader = data.make_loaders(arrays, cfg.bs, device, cfg.seed, cfg.subset, cfg.val, cfg.eval_bs,
-                                                  rank, world, cfg.pad_fill, cfg.drop_last)
-    saved = json.loads((run_dir / "config.json").read_text()) if cfg.resume else None  # the run being resumed
-    if saved:
-        lr_min, lr_max, lr_source = saved["lr_min_used"], saved["lr_max_used"], saved["lr_source"]
-    else:
-        lr_min, lr_max, lr_source = distributed.on_rank0(lambda: resolve_lrs(cfg, arrays))
+    arrays, train_loader, eval_loader, saved, (lr_min, lr_max, lr_source) = settle(cfg, device, rank, world)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or LRs leave no empty run folder behind
 
     n_iter = len(train_loader)
     trainer, evaluator, eval_model, to_save, trace = build_engines(cfg, device, n_iter, lr_min, lr_max)
-    history, write_metrics = attach_monitor(trainer, evaluator, eval_model, eval_loader, trace, n_iter, cfg, device)
+    history, write_metrics = report.attach_monitor(trainer, evaluator, eval_model, eval_loader, trace, n_iter, cfg, device)
     saver = SafeDiskSaver(str(run_dir), save_on_rank=0)
     # after the metrics: a kill between the two leaves metrics one epoch ahead, which resume trims
     trainer.add_event_handler(Events.EPOCH_COMPLETED(every=cfg.save_every) | Events.COMPLETED,
                               Checkpoint(to_save, saver, n_saved=1, global_step_transform=lambda e, _: e.state.epoch))
+    done = 0
     if cfg.resume:
         done, ckpt = resume_from(run_dir, to_save, saver, device, n_iter, history, trace)
         train_loader.epoch = done  # the loader's shuffle/augmentation for epoch done+1, as in an unbroken run
         say(f"resuming {run_dir} from {ckpt.name} (epoch {done} of {cfg.epochs}) on {world} process(es)")
-    config = write_config(cfg, run_dir, device, world, lr_min, lr_max, lr_source, n_iter, eval_loader.name, saved)
+    config = report.write_config(cfg, run_dir, device, world, lr_min, lr_max, lr_source, n_iter, eval_loader.name, saved)
     if not cfg.resume:
         say(report.config_line(config))
+    tb = tblog.attach_run(trainer, run_dir, history, trace, n_iter, config, done) \
+        if rank == 0 and tblog.wanted(cfg.tensorboard) else None
     if sys.stderr.isatty() and rank == 0:
         from ignite.handlers import ProgressBar
 
@@ -255,38 +233,43 @@ def train(cfg):
     try:  # (Ignite would restart a finished run from epoch 1: a complete run only gets its final report again)
         if trainer.state.epoch < cfg.epochs:
             trainer.run(train_loader, max_epochs=cfg.epochs)  # epochs, per-epoch evaluation, metrics, checkpoints
+        timing = {"loop_seconds": time.perf_counter() - t_loop, "t_start": t_start}  # what the speed goal counts
+        summary = report.final_report(cfg, arrays, eval_model, eval_loader, device, history, trace, n_iter, lr_min,
+                                      lr_max, timing, write_metrics)
+        if tb:
+            tblog.log_final(tb, summary, cfg.epochs * n_iter + 1)  # past the last iteration: a resume purges it
+        return summary
     except NonFiniteLoss as e:
         write_metrics()
         if rank == 0:
             report.plot_history(history, trace, n_iter, run_dir)
         raise UserError(str(e)) from None
-    timing = {"loop_seconds": time.perf_counter() - t_loop, "t_start": t_start}  # the loop: what the speed goal counts
-    return report.final_report(cfg, arrays, eval_model, eval_loader, device, history, trace, n_iter, lr_min, lr_max,
-                               timing, write_metrics)
-
-
-def write_config(cfg, run_dir, device, world, lr_min, lr_max, lr_source, n_iter, eval_name, original=None):
-    """config.json: a new run's settings, LRs, versions and command. A resume keeps the `original` as it was and
-    appends when, where and how it continued."""
-    now = time.strftime("%Y-%m-%d %H:%M:%S")
-    here = {"at": now, "device": cfg.device, "world_size": world, "versions": versions(device),
-            "command": " ".join(sys.argv)}
-    if original is not None:
-        config = {**original, "resumes": original.get("resumes", []) + [here]}
-    else:
-        config = {**dataclasses.asdict(cfg), "lr_min_used": lr_min, "lr_max_used": lr_max, "lr_source": lr_source,
-                  "iters_per_epoch": n_iter, "eval_set": eval_name, "world_size": world, "started": now,
-                  "versions": here["versions"], "command": here["command"]}
-    if idist.get_rank() == 0:
-        write_json(run_dir / "config.json", config)
-    return config
+    finally:
+        if tb:
+            tb.close()
 
 
 # ---------------------------------------------------------------------------------------------- command line
 
 
+def read_run_config(run_dir):
+    """The config.json of a run to resume, or one line saying why it cannot be."""
+    config = read_json(run_dir / "config.json", "run configuration", "this run cannot be resumed; start a new one")
+    missing = [k for k in ("lr_min_used", "lr_max_used", "lr_source", "epochs", "bs") if k not in config]
+    if missing:
+        raise UserError(f"{run_dir / 'config.json'}: not a train.py run configuration, it lacks {', '.join(missing)}")
+    for f in dataclasses.fields(Config):  # a hand-edited value of the wrong kind, said before anything runs
+        want = tuple(t for t in typing.get_args(f.type) or (f.type,) if t is not type(None))
+        v = config.get(f.name)
+        if v is not None and not (isinstance(v, want) and (bool in want or not isinstance(v, bool))
+                                  or float in want and isinstance(v, int) and not isinstance(v, bool)):
+            raise UserError(f"{run_dir / 'config.json'}: {f.name} must be {' or '.join(t.__name__ for t in want)}, "
+                            f"got {v!r}")
+    return config
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     add_common_args(p, out_default="runs/<timestamp>", out_help="run folder; must not hold an earlier run")
     d = Config()
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs (default: 24)")
@@ -310,6 +293,7 @@ def parse_args(argv=None):
     p.add_argument("--drop-last", action="store_true", help="skip each epoch's partial last batch (default: train on it)")
     p.add_argument("--eval-bs", type=int, default=d.eval_bs, help="evaluation batch size per process (default: 1000)")
     add_compile_arg(p)
+    add_tensorboard_arg(p)
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: batch-norm statistics over the global batch (default: each process's own)")
     p.add_argument("--save-every", type=int, default=d.save_every, help="epochs between checkpoints (default: 1)")
@@ -323,8 +307,9 @@ def config_from_args(args):
         raise UserError(f"{out} already holds a run: use --resume {out} to continue it, or another --out")
     if args.resume and not (Path(out) / "config.json").exists():
         raise UserError(f"--resume {out}: no config.json there, so no run to continue")
+    check_writable(out or "runs", "folder")
     if args.resume:  # the run's own settings; only the device may change
-        saved = json.loads((Path(out) / "config.json").read_text())
+        saved = read_run_config(Path(out))
         fields = {f.name for f in dataclasses.fields(Config)}
         cfg = Config(**{k: v for k, v in saved.items() if k in fields})
         return dataclasses.replace(cfg, resume=out, device=args.device, out=out)
@@ -341,7 +326,11 @@ def main(argv=None):
     check_config(cfg, distributed.env_world_size())  # every process refuses the same flags before any of them starts
     logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
     with idist.Parallel(backend=distributed.backend(cfg.device)) as parallel:  # one process without torchrun
-        parallel.run(lambda local_rank, c: train(c), cfg)
+        try:
+            parallel.run(lambda local_rank, c: train(c), cfg)
+        finally:
+            distributed.release()
+        distributed.leave_together()
 
 
 if __name__ == "__main__":

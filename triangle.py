@@ -8,12 +8,10 @@ and repeats; one cycle is 2 x stepsize. The curve is not drawn from hand-placed 
 PiecewiseLinear applies at every iteration, simulated from the milestones in schedule.py, the same code the
 trainer runs (for --one-cycle, with the LRs of lr_range.json when there is one). Needs neither the model nor the data.
 """
-import argparse
-import json
 from pathlib import Path
 
-from cli import LR_JSON, UserError, run_cli
-from files import save_figure
+from cli import LR_JSON, Parser, UserError, run_cli
+from files import check_figure_path, read_lr_result, save_figure
 from schedule import MOMENTUM_MAX, MOMENTUM_MIN, one_cycle_milestones, simulate, triangular_milestones
 
 
@@ -78,11 +76,11 @@ def draw_one_cycle(lr_ms, mom_ms, iters_per_epoch, epochs, peak_epoch, path):
     plt.close(fig)
 
 
-def main():
+def main(argv=None):
     import matplotlib
 
     matplotlib.use("Agg")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("--out", default="tri.png", help="PNG file to write (default: tri.png)")
     p.add_argument("--base-lr", type=float, default=0.01, help="lower bound, LRMIN (default: 0.01)")
     p.add_argument("--max-lr", type=float, default=0.1, help="upper bound, LRMAX (default: 0.1)")
@@ -94,11 +92,12 @@ def main():
     p.add_argument("--peak-epoch", type=int, default=5, help="with --one-cycle: epoch of the peak (default: 5)")
     p.add_argument("--iters-per-epoch", type=int, default=98, help="with --one-cycle (default: 98 = 50,000/512)")
     p.add_argument("--lr-json", default=LR_JSON, help=f"with --one-cycle (default: {LR_JSON})")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    check_figure_path(args.out)
     if args.one_cycle:
         lo, hi, source = args.base_lr, args.max_lr, "--base-lr/--max-lr"
-        if Path(args.lr_json).exists():
-            found = json.loads(Path(args.lr_json).read_text())
+        if Path(args.lr_json).exists() or args.lr_json != LR_JSON:  # a file named on purpose must be there
+            found = read_lr_result(args.lr_json)
             lo, hi, source = found["lr_min"], found["lr_max"], args.lr_json
         check(lo, hi, args.iters_per_epoch, 1)
         if not 0 < args.peak_epoch < args.epochs:

@@ -12,7 +12,6 @@ LRs come from --lr-json (or --lr-min/--lr-max) and are settled before any timing
 Before that it times the data path: reading the files, putting the dataset on the device, and one epoch of
 augmented batches. Results go to stdout and OUT/bench.json.
 """
-import argparse
 import json
 import statistics
 import sys
@@ -27,7 +26,7 @@ from tabulate import tabulate  # noqa: E402
 import data  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
-from cli import COMPILE_MODES, LR_JSON, UserError, add_common_args, check_common_args, run_cli  # noqa: E402
+from cli import COMPILE_MODES, LR_JSON, Parser, UserError, add_common_args, add_width_arg, check_common_args, run_cli  # noqa: E402
 from files import write_json  # noqa: E402
 
 
@@ -82,7 +81,8 @@ def bench_mode(mode, args, lr_min, lr_max, macs):
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = train.Config(data=args.data, out=str(Path(tmp) / "run"), device=args.device, seed=args.seed,
                                    bs=args.bs, subset=args.subset, epochs=args.epochs, peak_epoch=args.peak_epoch,
-                                   lr_min=lr_min, lr_max=lr_max, compile=compile_mode(mode), save_every=args.epochs)
+                                   lr_min=lr_min, lr_max=lr_max, compile=compile_mode(mode), save_every=args.epochs,
+                                   width=args.width, tensorboard=False)
                 train.check_config(cfg)
                 print(f"--- {mode}: {attempt} run")
                 runs.append(run_once(cfg))
@@ -100,15 +100,16 @@ def bench_mode(mode, args, lr_min, lr_max, macs):
             "tflops": flops / train_s / 1e12, "pflop": flops / 1e15, "warmup_extra_s": warm_wall - wall,
             "peak_gib": peak, "accuracy": summary["accuracy"], "tta_accuracy": summary["tta_accuracy"],
             "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
-            "epochs": args.epochs, "bs": args.bs, "subset": args.subset}
+            "epochs": args.epochs, "bs": args.bs, "subset": args.subset, "width": args.width}
 
 
 def main():
     import matplotlib
 
     matplotlib.use("Agg")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     add_common_args(p, out_default="runs/bench", out_help="folder for bench.json")
+    add_width_arg(p)
     p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--peak-epoch", type=int, default=5)
     p.add_argument("--lr-min", type=float, default=None, help="default: from --lr-json, as train.py")
@@ -123,14 +124,15 @@ def main():
     for mode in modes:
         if not (mode in ("eager", "compile") or mode.startswith("compile:") and compile_mode(mode) in COMPILE_MODES):
             raise UserError(f"--modes: unknown mode {mode!r} (eager, compile, compile:MODE)")
-    macs = model.count_macs(model.ResNet9())
+    macs = model.count_macs(model.ResNet9(width=args.width))
     d = bench_data(args)
     print(tabulate([(f"{d['read_s']:.3f}", f"{d['upload_s']:.3f}", f"{d['epoch_aug_s']:.3f}", d["batches"],
                      f"{d['first_total_s']:.3f}")],
                    headers=["read files s", "to device + stats s", "1 epoch augmented s", "batches", "first time, all s"]))
     # the LRs are settled before any timing: a missing range test runs here, untimed
     base = train.Config(data=args.data, out=args.out, device=args.device, seed=args.seed, bs=args.bs,
-                        subset=args.subset, lr_min=args.lr_min, lr_max=args.lr_max, lr_json=args.lr_json)
+                        subset=args.subset, lr_min=args.lr_min, lr_max=args.lr_max, lr_json=args.lr_json,
+                        width=args.width)
     lr_min, lr_max, source = train.resolve_lrs(base, data.load_cifar10(args.data))
     print(f"LRMIN {lr_min:.4g}, LRMAX {lr_max:.4g} from {source}")
     results = [bench_mode(mode, args, lr_min, lr_max, macs) for mode in modes]

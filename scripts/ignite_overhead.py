@@ -6,7 +6,6 @@ Keeping Ignite as the engine is only free if its events and our per-iteration ha
 schedulers, the LR/momentum read-back, the on-device epoch totals) cost little next to a GPU step. This times
 them alone on the CPU, best of --repeats, and prints microseconds per iteration and seconds per 24-epoch run.
 """
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from ignite.engine import Engine  # noqa: E402
 
+from cli import Parser  # noqa: E402
 from engine import EpochTotals  # noqa: E402
 import schedule  # noqa: E402
 
@@ -32,7 +32,7 @@ def engine(with_handlers, iters_per_epoch, epochs):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--iters", type=int, default=98, help="iterations per epoch (default: 98 = 50,000 / 512)")
     p.add_argument("--repeats", type=int, default=5)

@@ -11,7 +11,6 @@ without the profiler, --steps steps under torch.profiler. It prints
   - the top operators by self device time (self CPU time on a CPU),
 and writes OUT/profile.json (the numbers) and OUT/trace.json (open in chrome://tracing or Perfetto).
 """
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -23,13 +22,14 @@ from ignite.engine import Events  # noqa: E402
 
 import data  # noqa: E402
 import engine  # noqa: E402
-from cli import UserError, add_common_args, add_compile_arg, check_common_args, run_cli  # noqa: E402
+from cli import Parser, UserError, add_common_args, add_compile_arg, add_width_arg, check_common_args, run_cli  # noqa: E402
 from files import write_json  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     add_common_args(p, out_default="runs/profile", out_help="folder for profile.json and trace.json")
+    add_width_arg(p)
     p.add_argument("--warmup", type=int, default=30, help="steps before anything is measured (default: 30)")
     p.add_argument("--steps", type=int, default=20, help="steps timed, then steps profiled (default: 20)")
     p.add_argument("--lr", type=float, default=0.1, help="constant LR of the profiled steps (default: 0.1)")
@@ -43,7 +43,7 @@ def main():
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     loader, _ = data.make_loaders(data.load_cifar10(args.data), args.bs, args.device, args.seed, args.subset)
-    raw = engine.build_model(args.seed, args.device)
+    raw = engine.build_model(args.seed, args.device, args.width)
     model = engine.compile_model(raw, args.compile)
     optimizer = engine.make_optimizer(raw, args.lr)
     trainer = engine.create_trainer(model, optimizer, nn.CrossEntropyLoss(), args.device)

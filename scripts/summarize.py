@@ -1,5 +1,4 @@
 """Table of finished runs: python scripts/summarize.py runs/seeds/seed*  (median and minimum at the bottom)."""
-import json
 import re
 import statistics
 import sys
@@ -7,12 +6,17 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cli import UserError, run_cli  # noqa: E402
+from files import read_json  # noqa: E402
+
 
 def main(dirs):
     rows, acc, tta = [], [], []
     for d in map(Path, dirs):
-        cfg = json.loads((d / "config.json").read_text())
-        final = json.loads((d / "metrics.json").read_text()).get("final")
+        cfg = read_json(d / "config.json", "run configuration", "is this a train.py run folder?")
+        metrics = d / "metrics.json"
+        final = read_json(metrics, "metrics file", "leave its run out").get("final") if metrics.exists() else None
         if final is None:
             print(f"{d}: unfinished, left out", file=sys.stderr)
             continue
@@ -22,7 +26,7 @@ def main(dirs):
                      f"{final['lr_min']:.4g}", f"{final['lr_max']:.4g}", f"{final['train_seconds']:.1f}",
                      f"{final['wall_seconds']:.1f}", cfg["versions"].get("gpu") or "cpu"))
     if not rows:
-        sys.exit("summarize.py: no finished run among the folders given")
+        raise UserError("no finished run among the folders given")
     print(tabulate(rows, headers=["run", "seed", "eval", "acc %", "flip-TTA %", "LRMIN", "LRMAX", "train s",
                                   "wall s", "device"], disable_numparse=True))
     groups = {}  # ablate.sh names its runs VARIANT-sSEED: one line per variant
@@ -36,4 +40,4 @@ def main(dirs):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(lambda: main(sys.argv[1:]))

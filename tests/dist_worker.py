@@ -20,7 +20,7 @@ def two_steps(arrays, sync_bn):
     ~1 % between two summation orders at initialisation, which would hide what batch norm does."""
     rank, world = idist.get_rank(), idist.get_world_size()
     loader, _ = data.make_loaders(arrays, 64, "cpu", seed=0, subset=128, rank=rank, world=world)
-    model = engine.build_model(0, "cpu").double()
+    model = engine.build_model(0, "cpu", width=0.25).double()  # every layer still there, 1/16 of the work
     wrapped = distributed.wrap_model(model, torch.device("cpu"), sync_bn)
     optimizer = engine.make_optimizer(model, 0.2)
     batches = [(x.double(), y) for x, y in loader]
@@ -31,7 +31,7 @@ def two_steps(arrays, sync_bn):
 def evaluate(arrays):
     rank, world = idist.get_rank(), idist.get_world_size()
     _, loader = data.make_loaders(arrays, 64, "cpu", subset=199, eval_batch_size=40, rank=rank, world=world)
-    evaluator = engine.create_evaluator(engine.build_model(3, "cpu"), "cpu")
+    evaluator = engine.create_evaluator(engine.build_model(3, "cpu", width=0.25), "cpu")
     preds = []
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: preds.append(e.state.output[0].argmax(1)))
     evaluator.run(loader)
@@ -40,10 +40,25 @@ def evaluate(arrays):
             "labels": distributed.gather(loader.labels, loader.sizes)}
 
 
+def ddp_alive():
+    import gc
+
+    return sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+
+
 def work(local_rank, out):
     arrays = data.load_cifar10(DATA, download=False)
     result = {"world": idist.get_world_size(), "own_bn": two_steps(arrays, False), "sync_bn": two_steps(arrays, True),
               "eval": evaluate(arrays)}
+    # a whole train.train() leaves its DDP wrapper alive in reference cycles, holding the process group: release()
+    # must end it while the group still exists (train.main calls it before the launcher destroys the group)
+    import train
+
+    train.train(train.Config(data=str(DATA), out=str(Path(out).parent / "run"), device="cpu", subset=64, bs=32,
+                             epochs=2, peak_epoch=1, lr_min=0.01, lr_max=0.1, width=0.125))
+    result["ddp_before_release"] = ddp_alive()
+    distributed.release()
+    result["ddp_after_release"] = ddp_alive()
     if idist.get_rank() == 0:
         torch.save(result, out)
 

@@ -10,7 +10,7 @@ from cli import UserError
 from conftest import DATA, free_port, run_script, torchrun
 
 RUN = ["--data", DATA, "--device", "cpu", "--subset", "192", "--bs", "32", "--lr-min", "0.02", "--lr-max", "0.3",
-       "--epochs", "2", "--peak-epoch", "1"]
+       "--epochs", "2", "--peak-epoch", "1", "--width", "0.25"]  # a quarter of the width: the plumbing is the same
 
 
 def test_global_batch_is_split_bit_for_bit_over_two_processes():
@@ -52,6 +52,11 @@ def worker_results(tmp_path_factory):
     return one, two
 
 
+def test_release_ends_what_holds_the_process_group(worker_results):
+    _, two = worker_results
+    assert two["ddp_before_release"] >= 1 and two["ddp_after_release"] == 0
+
+
 def test_sync_bn_makes_two_processes_train_like_one(worker_results):
     one, two = worker_results
     for k, v in one["own_bn"].items():  # with one process both modes are plain batch norm
@@ -82,7 +87,7 @@ def check_complete_run(out, world):
     assert len(metrics["epochs"]) == 2 and len(metrics["per_iteration"]["lr"]) == 2 * 6  # 192 / 32: global batches
     state = torch.load(out / "checkpoint_2.pt", weights_only=False)["model"]
     assert not any(k.startswith("module.") for k in state)  # the plain model: a one-process run loads it
-    model = train.build_model(0, "cpu")
+    model = train.build_model(0, "cpu", width=config["width"])
     model.load_state_dict(state)
     return metrics
 

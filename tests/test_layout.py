@@ -37,7 +37,7 @@ def test_imports_have_no_circle_and_point_down():
     for m in set(MODULES) - SCRIPTS:  # shared modules never reach up into a script
         assert not reach(m, graph) & SCRIPTS, (m, reach(m, graph) & SCRIPTS)
     assert not reach("triangle", graph) & {"model", "data", "engine"}, reach("triangle", graph)
-    assert graph["model"] <= {"cli"} and graph["cli"] == set() and graph["files"] == set()
+    assert graph["model"] <= {"cli"} and graph["cli"] == set() and graph["files"] <= {"cli"}
 
 
 def test_no_file_over_350_lines_no_function_over_60():

@@ -116,7 +116,7 @@ def test_model_and_optimizer_restored_bit_for_bit():
 
 def test_cli_end_to_end_on_cpu(tmp_path):
     r = run_script("lr_range.py", "--data", DATA, "--out", tmp_path, "--device", "cpu", "--subset", "256",
-                   "--bs", "64", "--num-iter", "40", "--sweeps", "2")  # the start LR: chosen for 40 iterations
+                   "--bs", "64", "--num-iter", "40", "--sweeps", "2", "--width", "0.5")  # start LR: for 40 iterations
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "lr_range.json").read_text())
     assert res["sweeps"] == 2 and len(res["sweep_losses"]) == 2  # the rule reads their LR-by-LR mean
@@ -137,7 +137,8 @@ def test_cli_end_to_end_on_cpu(tmp_path):
 def test_cli_loss_never_falls_writes_nothing(tmp_path):
     (tmp_path / "lr_range.json").write_text('{"old": true}')
     r = run_script("lr_range.py", "--data", DATA, "--out", tmp_path, "--device", "cpu", "--subset", "64",
-                   "--bs", "32", "--num-iter", "10", "--start-lr", "1e-9", "--end-lr", "1e-8", "--sweeps", "1")
+                   "--bs", "32", "--num-iter", "10", "--start-lr", "1e-9", "--end-lr", "1e-8", "--sweeps", "1",
+                   "--width", "0.25")
     assert r.returncode == 2 and "never fell" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert json.loads((tmp_path / "lr_range.json").read_text()) == {"old": True}  # untouched
     assert not (tmp_path / "lr_range.png").exists()

@@ -16,7 +16,8 @@ import train
 from cli import LR_JSON, UserError
 from conftest import DATA, ROOT, run_script, torchrun
 
-SMOKE = ["--data", DATA, "--device", "cpu", "--subset", "256", "--bs", "32", "--lr-min", "0.01", "--lr-max", "0.1"]
+SMOKE = ["--data", DATA, "--device", "cpu", "--subset", "256", "--bs", "32", "--lr-min", "0.01", "--lr-max", "0.1",
+         "--width", "0.25"]  # a quarter of the width (model.py): every code path, 1/16 of the arithmetic
 ARTEFACTS = ["config.json", "metrics.json", "curves.png", "lr.png", "misclassified.png", "confusion.png"]
 
 
@@ -61,8 +62,9 @@ def test_refuses_to_overwrite_a_run(smoke_run):
 
 
 def test_resume_after_kill_gives_the_same_weights(tmp_path):
-    args = ["--data", DATA, "--device", "cpu", "--subset", "192", "--bs", "32", "--lr-min", "0.02", "--lr-max", "0.3",
-            "--epochs", "2", "--peak-epoch", "1", "--ema-half-life", "1"]  # with weight averaging, whose state must resume too
+    args = ["--data", DATA, "--device", "cpu", "--subset", "384", "--bs", "32", "--lr-min", "0.02", "--lr-max", "0.3",
+            "--epochs", "2", "--peak-epoch", "1", "--ema-half-life", "1",  # with weight averaging, whose state must resume too
+            "--width", "0.25"]
     r = run_script("train.py", *args, "--out", tmp_path / "whole")
     assert r.returncode == 0, r.stderr
     killed = tmp_path / "killed"
@@ -111,7 +113,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
 def test_nan_loss_stops_with_epoch_and_iteration(tmp_path):
     out = tmp_path / "nan"
     r = run_script("train.py", "--data", DATA, "--device", "cpu", "--subset", "64", "--bs", "32", "--epochs", "2",
-                   "--peak-epoch", "1", "--lr-min", "1e29", "--lr-max", "1e30", "--out", out)
+                   "--peak-epoch", "1", "--lr-min", "1e29", "--lr-max", "1e30", "--width", "0.25", "--out", out)
     assert r.returncode == 2, r.stdout + r.stderr
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "NaN/inf at epoch 1, iteration" in err[0], r.stderr
@@ -152,8 +154,12 @@ def test_lrs_come_from_the_range_test(tmp_path, monkeypatch, capsys):
 
     import lr_range
     monkeypatch.setattr(lr_range, "run_range_test", fake_range_test)
-    assert train.resolve_lrs(cfg, None) == (0.003, 0.3, str(tmp_path / "run" / "lr_range.json"))
-    assert (ran[0].bs, ran[0].subset, ran[0].seed, ran[0].out) == (64, 256, 0, cfg.out)  # this run's settings
+    with pytest.raises(UserError, match="lr_range.json: no such LR range-test result"):  # named, so it must exist
+        train.resolve_lrs(cfg, None)
+    monkeypatch.chdir(tmp_path)  # no result at the default path: the test runs, into the run folder
+    assert train.resolve_lrs(train.Config(**{**cfg.__dict__, "lr_json": LR_JSON}), None) == (
+        0.003, 0.3, str(tmp_path / "run" / "lr_range" / "lr_range.json"))
+    assert (ran[0].bs, ran[0].subset, ran[0].seed, ran[0].out) == (64, 256, 0, str(tmp_path / "run" / "lr_range"))
     made = lr_range.settled(ran[0])  # the settings a real test would have written into its JSON
     saved = {"lr_min": 0.01, "lr_max": 0.5, **{k: getattr(made, k) for k in lr_range.RUN_KEYS + lr_range.SWEEP_KEYS}}
     (tmp_path / "lr_range.json").write_text(json.dumps(saved))
@@ -189,7 +195,6 @@ def test_lrs_come_from_the_range_test(tmp_path, monkeypatch, capsys):
         got, said = resolve(cfg, change)
         assert got == (0.01, 0.5, cfg.lr_json) and "using the LRs of this file as named" in said
     assert len(ran) == n
-    monkeypatch.chdir(tmp_path)
     default = train.Config(**{**cfg.__dict__, "lr_json": LR_JSON})
     Path(LR_JSON).parent.mkdir(parents=True)
     for change in sweeps:
@@ -291,15 +296,15 @@ def test_summarize_groups_ablation_variants(smoke_run, tmp_path):
 
 
 def test_bench_runs_on_cpu(tmp_path):
-    r = run_script("scripts/bench.py", "--modes", "eager", "--data", DATA, "--device", "cpu", "--subset", "64",
-                   "--bs", "32", "--epochs", "2", "--peak-epoch", "1", "--lr-min", "0.01", "--lr-max", "0.1",
+    r = run_script("scripts/bench.py", "--modes", "eager", "--data", DATA, "--device", "cpu", "--width", "0.25",
+                   "--subset", "64", "--bs", "32", "--epochs", "2", "--peak-epoch", "1", "--lr-min", "0.01", "--lr-max", "0.1",
                    "--out", tmp_path)
     assert r.returncode == 0, r.stderr
     bench = json.loads((tmp_path / "bench.json").read_text())
     (res,) = bench["runs"]
     assert bench["data"]["batches"] == 2 and bench["data"]["epoch_aug_s"] > 0
     assert res["mode"] == "eager" and res["train_s"] > 0 and res["images_per_s"] > 0
-    assert res["pflop"] == pytest.approx(3 * 2 * 379_261_952 * 64 * 2 / 1e15)
+    assert res["pflop"] == pytest.approx(3 * 2 * 24_036_608 * 64 * 2 / 1e15)  # multiply-adds at width 0.25
     assert "img/s" in r.stdout
 
 
@@ -315,7 +320,7 @@ def test_gpu_code_path_runs_on_a_cpu(tmp_path, monkeypatch):
     raw = engine.build_model(0, "cpu")
     assert raw.prep[0].weight.is_contiguous(memory_format=torch.channels_last)
     cfg = train.Config(data=str(DATA), out=str(tmp_path / "run"), device="cpu", subset=64, bs=16, epochs=2,
-                       peak_epoch=1, lr_min=0.01, lr_max=0.1, ema_half_life=1.5, label_smoothing=0.1)
+                       peak_epoch=1, lr_min=0.01, lr_max=0.1, ema_half_life=1.5, label_smoothing=0.1, width=0.25)
     summary = train.train(cfg)
     epochs = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
     assert all(math.isfinite(e["train_loss"]) and math.isfinite(e["eval_loss"]) for e in epochs)
@@ -325,7 +330,8 @@ def test_gpu_code_path_runs_on_a_cpu(tmp_path, monkeypatch):
 
 
 def test_profile_step_runs_on_cpu(tmp_path):
-    r = run_script("scripts/profile_step.py", "--data", DATA, "--device", "cpu", "--subset", "64", "--bs", "32",
+    r = run_script("scripts/profile_step.py", "--data", DATA, "--device", "cpu", "--width", "0.25", "--subset", "64",
+                   "--bs", "32",
                    "--warmup", "1", "--steps", "2", "--rows", "5", "--out", tmp_path)
     assert r.returncode == 0, r.stderr
     prof = json.loads((tmp_path / "profile.json").read_text())
