@@ -8,6 +8,11 @@ DATA = ROOT / "tests" / "data"  # 400 train + 200 test images: the first ones of
 sys.path.insert(0, str(ROOT))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts scripts, torchrun or training runs; the quick subset leaves it out "
+                            "(python -m pytest -q tests -m 'not slow')")
+
+
 def run_script(script, *args, timeout=600):
     """Run one of the project's scripts as a user would, on the CPU, and return the CompletedProcess."""
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")

@@ -195,6 +195,7 @@ def test_torchvision_batches_folder(tmp_path, arrays):
         data.load_cifar10(tmp_path, download=False)
 
 
+@pytest.mark.slow
 def test_cli_writes_grid_and_fails_in_one_line(tmp_path):
     out = tmp_path / "aug.png"
     r = run_script("data.py", "--data", DATA, "--out", out, "--device", "cpu")

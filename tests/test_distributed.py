@@ -52,11 +52,13 @@ def worker_results(tmp_path_factory):
     return one, two
 
 
+@pytest.mark.slow
 def test_release_ends_what_holds_the_process_group(worker_results):
     _, two = worker_results
     assert two["ddp_before_release"] >= 1 and two["ddp_after_release"] == 0
 
 
+@pytest.mark.slow
 def test_sync_bn_makes_two_processes_train_like_one(worker_results):
     one, two = worker_results
     for k, v in one["own_bn"].items():  # with one process both modes are plain batch norm
@@ -69,6 +71,7 @@ def test_sync_bn_makes_two_processes_train_like_one(worker_results):
     assert gap > 1e-3
 
 
+@pytest.mark.slow
 def test_evaluation_counts_every_image_once_on_two_processes(worker_results):
     one, two = worker_results
     e1, e2 = one["eval"], two["eval"]
@@ -92,6 +95,7 @@ def check_complete_run(out, world):
     return metrics
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_one_machine(tmp_path):
     out = tmp_path / "run"
     r = torchrun(["--standalone", "--nproc_per_node", "2"], "train.py", *RUN, "--sync-bn", "--out", out)
@@ -102,6 +106,7 @@ def test_torchrun_two_processes_on_one_machine(tmp_path):
     assert r.stdout.count("test accuracy") == 1
 
 
+@pytest.mark.slow
 def test_torchrun_two_nodes_with_c10d_rendezvous(tmp_path):
     out, port = tmp_path / "run", free_port()
     launch = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
@@ -114,6 +119,7 @@ def test_torchrun_two_nodes_with_c10d_rendezvous(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # one run folder between the two nodes
 
 
+@pytest.mark.slow
 def test_range_test_on_rank_0_and_one_fresh_run_folder(tmp_path):
     """lr_range.py under torchrun sweeps on rank 0 alone; train.py without --out names one folder for all."""
     two = ["--standalone", "--nproc_per_node", "2"]
@@ -128,6 +134,7 @@ def test_range_test_on_rank_0_and_one_fresh_run_folder(tmp_path):
     check_complete_run(tmp_path / "runs" / runs[0], 2)
 
 
+@pytest.mark.slow
 def test_flags_are_refused_in_one_line_by_every_process(tmp_path):
     r = torchrun(["--standalone", "--nproc_per_node", "2"], "train.py", *RUN, "--bs", "33", "--out", tmp_path / "x")
     assert r.returncode != 0

@@ -95,6 +95,7 @@ def test_smooth_is_centred():
     np.testing.assert_allclose(lr_range.smooth(np.arange(20.0), 7), np.arange(20.0))  # no lag on a ramp
 
 
+@pytest.mark.slow
 def test_model_and_optimizer_restored_bit_for_bit():
     cfg = lr_range.RangeConfig(data=str(DATA), subset=128, bs=32, num_iter=12, device="cpu", start_lr=1e-5)
     arrays = data.load_cifar10(DATA, download=False)
@@ -114,6 +115,7 @@ def test_model_and_optimizer_restored_bit_for_bit():
         assert torch.equal(s["momentum_buffer"], after[1]["state"][i]["momentum_buffer"]), i
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_cpu(tmp_path):
     r = run_script("lr_range.py", "--data", DATA, "--out", tmp_path, "--device", "cpu", "--subset", "256",
                    "--bs", "64", "--num-iter", "40", "--sweeps", "2", "--width", "0.5")  # start LR: for 40 iterations
@@ -134,6 +136,7 @@ def test_cli_end_to_end_on_cpu(tmp_path):
     assert math.isclose(res["lr_max"], res["lr_valley"] / lr_range.MAX_BACKOFF)
 
 
+@pytest.mark.slow
 def test_cli_loss_never_falls_writes_nothing(tmp_path):
     (tmp_path / "lr_range.json").write_text('{"old": true}')
     r = run_script("lr_range.py", "--data", DATA, "--out", tmp_path, "--device", "cpu", "--subset", "64",

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 
@@ -46,6 +47,7 @@ def test_returns_scaled_logits_and_softmax_only_in_predict_proba():
     assert not torch.allclose(logits.sum(1), torch.ones(4))  # the forward pass itself is not a softmax
 
 
+@pytest.mark.slow
 def test_cli_prints_table_with_total():
     r = run_script("model.py")
     assert r.returncode == 0, r.stderr
@@ -63,6 +65,7 @@ def test_width_multiplies_every_channel_count():
     assert twin(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_cli_width_table_and_bad_width():
     r = run_script("model.py", "--width", "0.25")
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "Total params: 412,954", r.stderr

@@ -17,6 +17,7 @@ def test_readme_formula_is_the_one_cycle():
     assert one_cycle(24, 5, 24, 0.01, 1.0) == pytest.approx(0.01) and one_cycle(3, 5, 24, 0.0, 1.0) == 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, plain", [
     ([], {}),  # the defaults, as the README states them
     (["--no-bn-decay", "--label-smoothing", "0.2", "--momentum", "0.9", "0.9", "--pad-fill", "reflect"],

@@ -29,6 +29,7 @@ def smoke_run(tmp_path_factory):
     return out, r
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_artefact_and_learns(smoke_run):
     out, r = smoke_run
     for name in ARTEFACTS + ["checkpoint_3.pt"]:
@@ -42,6 +43,7 @@ def test_smoke_run_writes_every_artefact_and_learns(smoke_run):
     assert "test accuracy" in r.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_applied_schedule_is_the_one_cycle(smoke_run):
     out, _ = smoke_run
     trace = json.loads((out / "metrics.json").read_text())["per_iteration"]
@@ -55,12 +57,14 @@ def test_applied_schedule_is_the_one_cycle(smoke_run):
     assert trace["lr"][-1] == pytest.approx(0.01) and min(trace["lr"]) >= 0.01  # ends at LRMIN, never below
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_a_run(smoke_run):
     out, _ = smoke_run
     r = run_script("train.py", *SMOKE, "--epochs", "2", "--peak-epoch", "1", "--out", out)
     assert r.returncode == 2 and "already holds a run" in r.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_the_same_weights(tmp_path):
     args = ["--data", DATA, "--device", "cpu", "--subset", "384", "--bs", "32", "--lr-min", "0.02", "--lr-max", "0.3",
             "--epochs", "2", "--peak-epoch", "1", "--ema-half-life", "1",  # with weight averaging, whose state must resume too
@@ -110,6 +114,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     assert again["epochs"] == mb["epochs"] and again["final"]["accuracy"] == mb["final"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_epoch_and_iteration(tmp_path):
     out = tmp_path / "nan"
     r = run_script("train.py", "--data", DATA, "--device", "cpu", "--subset", "64", "--bs", "32", "--epochs", "2",
@@ -137,6 +142,7 @@ def test_impossible_flags_are_refused(tmp_path, flags, message):
                                                                      *flags])))
 
 
+@pytest.mark.slow
 def test_impossible_flag_on_the_command_line(tmp_path):
     r = run_script("train.py", "--device", "cpu", "--epochs", "3", "--peak-epoch", "7", "--out", tmp_path / "x")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--peak-epoch" in r.stderr
@@ -275,6 +281,7 @@ def test_ema_half_life_in_epochs():
         engine.ema_momentum(0.01, 100)  # 0.2 updates: the "average" would be the current weights
 
 
+@pytest.mark.slow
 def test_summarize_prints_the_seed_table(smoke_run):
     out, _ = smoke_run
     r = run_script("scripts/summarize.py", out)
@@ -283,6 +290,7 @@ def test_summarize_prints_the_seed_table(smoke_run):
     assert f"median {acc:.2f} %, min {acc:.2f} %" in r.stdout
 
 
+@pytest.mark.slow
 def test_summarize_groups_ablation_variants(smoke_run, tmp_path):
     out, _ = smoke_run
     for name in ("base-s0", "base-s1", "ema-s0"):
@@ -295,6 +303,7 @@ def test_summarize_groups_ablation_variants(smoke_run, tmp_path):
     assert lines["base"][1] == "2" and lines["ema"][1] == "1"  # runs per variant
 
 
+@pytest.mark.slow
 def test_bench_runs_on_cpu(tmp_path):
     r = run_script("scripts/bench.py", "--modes", "eager", "--data", DATA, "--device", "cpu", "--width", "0.25",
                    "--subset", "64", "--bs", "32", "--epochs", "2", "--peak-epoch", "1", "--lr-min", "0.01", "--lr-max", "0.1",
@@ -329,6 +338,7 @@ def test_gpu_code_path_runs_on_a_cpu(tmp_path, monkeypatch):
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())  # master weights
 
 
+@pytest.mark.slow
 def test_profile_step_runs_on_cpu(tmp_path):
     r = run_script("scripts/profile_step.py", "--data", DATA, "--device", "cpu", "--width", "0.25", "--subset", "64",
                    "--bs", "32",
@@ -339,6 +349,7 @@ def test_profile_step_runs_on_cpu(tmp_path):
     assert (tmp_path / "trace.json").stat().st_size > 0 and "convolution" in r.stdout
 
 
+@pytest.mark.slow
 def test_ignite_overhead_script_runs():
     r = run_script("scripts/ignite_overhead.py", "--epochs", "2", "--iters", "5", "--repeats", "1")
     assert r.returncode == 0, r.stderr

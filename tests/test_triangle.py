@@ -43,6 +43,7 @@ def test_impossible_arguments_raise(args):
         triangle.triangle_values(*args)
 
 
+@pytest.mark.slow
 def test_cli_writes_png_and_refuses_bad_flags(tmp_path):
     out = tmp_path / "tri.png"
     r = run_script("triangle.py", "--out", out)
