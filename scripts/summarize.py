@@ -33,8 +33,12 @@ def main(dirs):
     for row, a in zip(rows, acc):
         groups.setdefault(re.sub(r"-s\d+$", "", row[0]), []).append(a)
     if any(len(v) > 1 for v in groups.values()):
-        print(tabulate([(k, len(v), f"{statistics.mean(v):.2f}", f"{min(v):.2f}") for k, v in sorted(groups.items())],
-                       headers=["variant", "runs", "mean acc %", "min acc %"], disable_numparse=True))
+        base = statistics.mean(groups["base"]) if "base" in groups else None
+        print(tabulate([(k, len(v), f"{statistics.mean(v):.2f}", f"{min(v):.2f}",
+                         "" if base is None else f"{statistics.mean(v) - base:+.2f}", " ".join(f"{a:.2f}" for a in v))
+                        for k, v in sorted(groups.items())],
+                       headers=["variant", "runs", "mean acc %", "min acc %", "mean - base", "each"],
+                       disable_numparse=True))
     print(f"\naccuracy over {len(acc)} runs: median {statistics.median(acc):.2f} %, min {min(acc):.2f} %; "
           f"flip-TTA median {statistics.median(tta):.2f} %, min {min(tta):.2f} %")
 
