@@ -190,8 +190,15 @@ def test_torchvision_batches_folder(tmp_path, arrays):
     got = data.load_cifar10(tmp_path, download=False)
     for a, b in zip(got, arrays):
         np.testing.assert_array_equal(a, b)
+    (folder / "data_batch_2").write_bytes(pickle.dumps(pickle.loads((folder / "data_batch_2").read_bytes()), 2))
+    (folder / "data_batch_4").write_bytes(pickle.dumps(pickle.loads((folder / "data_batch_4").read_bytes()), 5))
+    for a, b in zip(data.load_cifar10(tmp_path, download=False), arrays):  # the pickle protocols numpy writes
+        np.testing.assert_array_equal(a, b)
     (folder / "data_batch_3").write_bytes(b"\x80\x04garbage")
     with pytest.raises(data.UserError, match="data_batch_3: corrupt"):
+        data.load_cifar10(tmp_path, download=False)
+    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": Path.touch, "labels": []}))  # a pickle that runs code
+    with pytest.raises(data.UserError, match="refused to load pathlib.Path"):
         data.load_cifar10(tmp_path, download=False)
 
 
