@@ -1,6 +1,7 @@
-"""Everything the scripts write, written so that a kill at any moment loses nothing already on disk: JSON and
-figures through a temporary file and a rename, checkpoints whose predecessor goes only after they are complete,
-and fresh run folders that never reuse an old one."""
+"""Everything the scripts write and read back, so that a kill at any moment loses nothing already on disk and a
+damaged or foreign file costs one line, never a traceback: JSON and figures through a temporary file and a rename,
+checkpoints whose predecessor goes only after they are complete (and that load only tensors and numbers), fresh
+run folders that never reuse an old one, and output paths checked before any work starts."""
 import json
 import math
 import os
