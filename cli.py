@@ -29,14 +29,16 @@ class Parser(argparse.ArgumentParser):
 
 
 def run_cli(main):
-    """Run a script's main; a UserError becomes one line on stderr and exit status 2. Under torchrun every process
-    raises the same error, so only the first process of each machine prints it."""
+    """Run a script's main; a UserError becomes one line on stderr and exit status 2, and an error of the machine
+    (a full disk, a file that vanished) one line and exit status 1. Under torchrun every process raises the same
+    error, so only the first process of each machine prints it."""
     try:
         return main()
-    except UserError as e:
+    except (UserError, OSError) as e:
         if os.environ.get("LOCAL_RANK", "0") == "0":
-            print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+            said = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else e
+            print(f"{Path(sys.argv[0]).name}: error: {said}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UserError) else 1)
 
 
 def default_device():

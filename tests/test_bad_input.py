@@ -236,6 +236,22 @@ def test_unwritable_and_unreadable_paths(tmp_path, monkeypatch):
         os.chmod(tmp_path / "d" / "cifar10_train.npz", 0o644)
 
 
+def test_a_full_disk_is_one_line_and_leaves_the_old_file(tmp_path, monkeypatch):
+    out = tmp_path / "tri.png"
+    assert call("triangle.py", ["--out", str(out)])[0] == 0
+    before = out.read_bytes()
+    real_replace = os.replace
+
+    def disk_full(src, dst):
+        if pathlib.Path(dst) == out:
+            raise OSError(28, "No space left on device", str(dst))
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", disk_full)
+    code, err = call("triangle.py", ["--out", str(out), "--cycles", "5"])
+    assert code == 1 and err.strip() == f"triangle.py: error: {out}: No space left on device", err
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["tri.png"]  # no temporary
+
+
 def test_a_cpu_fallback_is_said_unless_chosen(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     argv = ["--data", str(DATA), "--subset", "64", "--bs", "32", "--epochs", "2", "--peak-epoch", "1", "--width", "0.125",
