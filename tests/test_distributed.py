@@ -87,6 +87,7 @@ def check_complete_run(out, world):
     config = json.loads((out / "config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     assert config["world_size"] == world and metrics["final"]["world_size"] == world
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1  # TensorBoard: rank 0 alone logs
     assert len(metrics["epochs"]) == 2 and len(metrics["per_iteration"]["lr"]) == 2 * 6  # 192 / 32: global batches
     state = torch.load(out / "checkpoint_2.pt", weights_only=False)["model"]
     assert not any(k.startswith("module.") for k in state)  # the plain model: a one-process run loads it
