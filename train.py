@@ -13,7 +13,8 @@ autocast and channels-last on CUDA, float32 on a CPU (engine.py). LRMIN and LRMA
 Under torchrun, --bs is the global batch (distributed.py); only rank 0 prints and writes.
 
 A run writes into --out (default: a fresh runs/YYYYmmdd-HHMMSS): config.json, metrics.json, curves.png, lr.png,
-misclassified.png, confusion.png and checkpoint_<epoch>.pt; `--resume DIR` continues a killed run exactly.
+misclassified.png, confusion.png, checkpoint_<epoch>.pt, TensorBoard event files (tblog.py) and, when it ran the
+range test itself, lr_range/; `--resume DIR` continues a killed run exactly. `--width 0.25` is the CPU twin.
 """
 import dataclasses
 import logging
