@@ -14,8 +14,8 @@ images only, stopping once the loss diverges. Then one stated rule reads the cur
      loss first climbs back by TURN_FRACTION of the drop made so far, taken as the (geometric) centre of its
      floor, the LRs within VALLEY_TOLERANCE of the drop of that point. Not the global minimum: with batch norm
      the loss can spike at LR ~1 and fall again at LR ~5 (seen in our sweeps), and a larger LR there would not
-     train. No back-off (MAX_BACKOFF = 1): the one-cycle only visits LRMAX briefly, the super-convergence
-     practice (Smith) of taking the largest LR that still lowers the loss;
+     train. LRMAX is a quarter of that valley (MAX_BACKOFF = 4): chosen on a validation split of the CPU twin, where
+     a quarter beat the valley itself by 3.2 points at width 1/4 and did no harm at 1/8 (docs/cpu_twin.md);
   3. LRMIN = where the loss starts to fall: the LR from which on the smoothed loss stays at least FALL_FRACTION
      of its drop (starting level = median of the first window of raw losses, down to the valley) below the start.
 The rule reads the LR-by-LR mean of --sweeps K sweeps (default 3; seeds seed..seed+K-1): the valley of one
@@ -50,7 +50,7 @@ from files import check_writable, read_lr_result, save_figure, write_json
 SMOOTH_FRACTION = 0.1  # moving-average window, as a fraction of the points recorded
 TURN_FRACTION = 0.25  # the loss has turned up once it climbs back by 25 % of the drop made so far
 VALLEY_TOLERANCE = 0.05  # the valley's floor: within 5 % of the drop of its lowest point; LRMAX is its centre
-MAX_BACKOFF = 1.0  # LRMAX = valley / MAX_BACKOFF
+MAX_BACKOFF = 4.0  # LRMAX = valley / MAX_BACKOFF: chosen on the CPU twin's validation split (docs/cpu_twin.md)
 FALL_FRACTION = 0.1  # LRMIN = first LR where the smoothed loss has made 10 % of its drop to the valley
 MIN_DROP = 0.1  # a curve whose smoothed loss never falls 10 % below its start has no answer
 RULE = (f"smooth the loss with a centred moving average ({SMOOTH_FRACTION:.0%} of the points); valley = lowest "
@@ -76,6 +76,7 @@ class RangeConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     diverge: float = 4.0  # stop once the (EMA-smoothed) loss exceeds this multiple of its best
+    max_backoff: float = MAX_BACKOFF  # LRMAX = valley / max_backoff
     width: float = 1.0  # channel multiplier of the network (model.py)
     bn_decay: bool = True  # weight decay on the 1-D parameters too (engine.make_optimizer)
     pad_fill: str = "zero"  # data.pad
@@ -84,13 +85,13 @@ class RangeConfig:
 
 # the settings that shape the loss curve: those of the run it is for, and those of the sweep itself
 RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "pad_fill")
-LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero"}  # keys older results lack: the values they had
+LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero", "max_backoff": 1.0}  # keys older results lack: the values they had
 
 
 def read_result(path):
     """A saved range-test result, checked: one line if it is damaged or not one (files.read_lr_result)."""
     return read_lr_result(path, [k for k in RUN_KEYS + SWEEP_KEYS if k not in LEGACY])
-SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge")
+SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge", "max_backoff")
 ITERS_PER_DECADE = 10  # the fewest sweep iterations per factor of 10 in LR that still resolve the fall
 MIN_DECADES, MAX_DECADES = 4, 6  # a sweep spans at least 1e-3..10: this network's loss starts to fall near 1e-3
 
@@ -236,11 +237,11 @@ def run_range_test(cfg, arrays=None):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     lrs, losses = mean_curve(curves)
-    picked = pick_lrs(lrs, losses)
+    picked = pick_lrs(lrs, losses, max_backoff=cfg.max_backoff)
     result = {"lr_min": picked["lr_min"], "lr_max": picked["lr_max"], "lr_valley": picked["lr_valley"],
               "rule": RULE, "seed": cfg.seed, "bs": cfg.bs, "subset": cfg.subset, "val": cfg.val,
               "num_iter": cfg.num_iter, "start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "momentum": cfg.momentum,
-              "weight_decay": cfg.weight_decay, "width": cfg.width, "bn_decay": cfg.bn_decay,
+              "weight_decay": cfg.weight_decay, "width": cfg.width, "bn_decay": cfg.bn_decay, "max_backoff": cfg.max_backoff,
               "pad_fill": cfg.pad_fill, "diverge": cfg.diverge, "device": cfg.device, "seconds": seconds,
               "warning": picked["warning"],
               "sweeps": cfg.sweeps, "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"],
