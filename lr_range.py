@@ -12,10 +12,12 @@ images only, stopping once the loss diverges. Then one stated rule reads the cur
      does not drift to higher LRs);
   2. LRMAX = the valley, the LR just before the smoothed loss turns up: the lowest point reached before the
      loss first climbs back by TURN_FRACTION of the drop made so far, taken as the (geometric) centre of its
-     floor, the LRs within VALLEY_TOLERANCE of the drop of that point. Not the global minimum: with batch norm
-     the loss can spike at LR ~1 and fall again at LR ~5 (seen in our sweeps), and a larger LR there would not
-     train. LRMAX is a quarter of that valley (MAX_BACKOFF = 4): chosen on a validation split of the CPU twin, where
-     a quarter beat the valley itself by 3.2 points at width 1/4 and did no harm at 1/8 (docs/cpu_twin.md);
+     floor: the first to the last LR, up to that turn, whose loss is within VALLEY_TOLERANCE of the drop of that
+     point (all of them, so a noisy bump inside a flat floor does not cut it in two). Not the global minimum:
+     with batch norm the loss can spike at LR ~1 and fall again at LR ~5 (seen in our sweeps), and a larger LR
+     there would not train. LRMAX is half of that valley (MAX_BACKOFF = 2): chosen on a validation split of the
+     CPU twin, where the peak at about half the floor's centre gave the best accuracy at width 1/4 (+3.2 points
+     over the centre's double) and was level with the rest at 1/8 (docs/cpu_twin.md);
   3. LRMIN = where the loss starts to fall: the LR from which on the smoothed loss stays at least FALL_FRACTION
      of its drop (starting level = median of the first window of raw losses, down to the valley) below the start.
 The rule reads the LR-by-LR mean of --sweeps K sweeps (default 3; seeds seed..seed+K-1): the valley of one
@@ -49,13 +51,14 @@ from files import check_writable, read_lr_result, save_figure, write_json
 
 SMOOTH_FRACTION = 0.1  # moving-average window, as a fraction of the points recorded
 TURN_FRACTION = 0.25  # the loss has turned up once it climbs back by 25 % of the drop made so far
-VALLEY_TOLERANCE = 0.05  # the valley's floor: within 5 % of the drop of its lowest point; LRMAX is its centre
-MAX_BACKOFF = 4.0  # LRMAX = valley / MAX_BACKOFF: chosen on the CPU twin's validation split (docs/cpu_twin.md)
+VALLEY_TOLERANCE = 0.05  # the valley's floor: within 5 % of the drop of its lowest point; the valley is its centre
+MAX_BACKOFF = 2.0  # LRMAX = valley / MAX_BACKOFF: chosen on the CPU twin's validation split (docs/cpu_twin.md)
+RULE_VERSION = 3  # 1: LRMAX = the valley; 2: a quarter of it, floor cut at the first bump; 3: half, whole floor
 FALL_FRACTION = 0.1  # LRMIN = first LR where the smoothed loss has made 10 % of its drop to the valley
 MIN_DROP = 0.1  # a curve whose smoothed loss never falls 10 % below its start has no answer
 RULE = (f"smooth the loss with a centred moving average ({SMOOTH_FRACTION:.0%} of the points); valley = lowest "
         f"smoothed loss before it first climbs back by {TURN_FRACTION:.0%} of the drop so far, taken as the centre "
-        f"of its floor (within {VALLEY_TOLERANCE:.0%} of the drop); "
+        f"of its whole floor up to that turn (within {VALLEY_TOLERANCE:.0%} of the drop); "
         f"LRMAX = valley LR / {MAX_BACKOFF:g}; LRMIN = LR from which on the smoothed loss stays "
         f"{FALL_FRACTION:.0%} of its drop (start to valley) below the start")
 
@@ -77,6 +80,7 @@ class RangeConfig:
     weight_decay: float = 5e-4
     diverge: float = 4.0  # stop once the (EMA-smoothed) loss exceeds this multiple of its best
     max_backoff: float = MAX_BACKOFF  # LRMAX = valley / max_backoff
+    rule_version: int = RULE_VERSION  # a result read by another version of the rule is not reused
     width: float = 1.0  # channel multiplier of the network (model.py)
     bn_decay: bool = True  # weight decay on the 1-D parameters too (engine.make_optimizer)
     pad_fill: str = "zero"  # data.pad
@@ -85,13 +89,13 @@ class RangeConfig:
 
 # the settings that shape the loss curve: those of the run it is for, and those of the sweep itself
 RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "pad_fill")
-LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero", "max_backoff": 1.0}  # keys older results lack: the values they had
+LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero", "max_backoff": 1.0, "rule_version": 1}  # keys older results lack: the values they had
 
 
 def read_result(path):
     """A saved range-test result, checked: one line if it is damaged or not one (files.read_lr_result)."""
     return read_lr_result(path, [k for k in RUN_KEYS + SWEEP_KEYS if k not in LEGACY])
-SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge", "max_backoff")
+SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge", "max_backoff", "rule_version")
 ITERS_PER_DECADE = 10  # the fewest sweep iterations per factor of 10 in LR that still resolve the fall
 MIN_DECADES, MAX_DECADES = 4, 6  # a sweep spans at least 1e-3..10: this network's loss starts to fall near 1e-3
 
@@ -162,13 +166,13 @@ def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, valley_tolerance=VALLEY_T
     # from here on the loss stays below the threshold: an early noisy dip does not count as the start of the fall
     above = np.nonzero(s[:i_valley + 1] > start - fall_fraction * drop)[0]
     i_fall = int(above[-1]) + 1 if len(above) else 0
-    # the floor of a flat valley is several LR steps wide and noise picks its lowest point: take its centre
-    floor = s <= s[i_valley] + valley_tolerance * drop
-    a = b = i_valley
-    while a > 0 and floor[a - 1]:
-        a -= 1
-    while b + 1 < n and floor[b + 1]:
-        b += 1
+    # the floor of a flat valley is several LR steps wide and noise picks its lowest point: take its centre, over
+    # every point of the floor up to where the loss turns up (a bump inside the floor would halve it otherwise)
+    i_turn = i_valley
+    while i_turn + 1 < n and s[i_turn + 1] - s[i_valley] <= turn_fraction * drop:
+        i_turn += 1
+    floor = np.nonzero(s[:i_turn + 1] <= s[i_valley] + valley_tolerance * drop)[0]
+    a, b = int(floor[0]), int(floor[-1])
     lr_valley, lr_min = float(np.sqrt(lrs[a] * lrs[b])), float(lrs[i_fall])
     lr_max = lr_valley / max_backoff
     if lr_min >= lr_max:
@@ -242,6 +246,7 @@ def run_range_test(cfg, arrays=None):
               "rule": RULE, "seed": cfg.seed, "bs": cfg.bs, "subset": cfg.subset, "val": cfg.val,
               "num_iter": cfg.num_iter, "start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "momentum": cfg.momentum,
               "weight_decay": cfg.weight_decay, "width": cfg.width, "bn_decay": cfg.bn_decay, "max_backoff": cfg.max_backoff,
+              "rule_version": cfg.rule_version,
               "pad_fill": cfg.pad_fill, "diverge": cfg.diverge, "device": cfg.device, "seconds": seconds,
               "warning": picked["warning"],
               "sweeps": cfg.sweeps, "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"],

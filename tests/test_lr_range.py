@@ -53,6 +53,17 @@ def test_rule_is_stable_under_noise():
     assert max(lr_min) / min(lr_min) < 1.5
 
 
+def test_a_bump_inside_a_flat_floor_does_not_cut_the_floor_in_two():
+    # a flat floor from 0.1 to 3 with a small bump at 0.5 (above the floor's tolerance, far below the turn), its
+    # lowest point at 2: the whole floor counts (centre ~0.55), not only the part right of the bump (~1.7)
+    lrs = np.geomspace(1e-5, 10, 200)
+    x = np.log10(lrs)
+    losses = (2.3 - 1.0 / (1 + np.exp(-(x + 2) * 3)) + 0.15 * np.exp(-((x - np.log10(0.5)) ** 2) / 0.03)
+              - 0.01 * np.exp(-((x - np.log10(2)) ** 2) / 0.05) + np.where(lrs > 3, 6 * np.log10(lrs / 3) ** 2, 0))
+    p = lr_range.pick_lrs(lrs, losses)
+    assert 0.3 < p["lr_valley"] < 1.0, p["lr_valley"]
+
+
 def test_rule_stops_at_the_first_nan_and_warns_without_divergence():
     lrs, losses = synthetic_curve()
     cut = losses.copy()
