@@ -79,7 +79,6 @@ class RangeConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     diverge: float = 4.0  # stop once the (EMA-smoothed) loss exceeds this multiple of its best
-    max_backoff: float = MAX_BACKOFF  # LRMAX = valley / max_backoff
     rule_version: int = RULE_VERSION  # a result read by another version of the rule is not reused
     width: float = 1.0  # channel multiplier of the network (model.py)
     bn_decay: bool = True  # weight decay on the 1-D parameters too (engine.make_optimizer)
@@ -89,13 +88,13 @@ class RangeConfig:
 
 # the settings that shape the loss curve: those of the run it is for, and those of the sweep itself
 RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "pad_fill")
-LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero", "max_backoff": 1.0, "rule_version": 1}  # keys older results lack: the values they had
+LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero", "rule_version": 1}  # keys older results lack: the values they had
 
 
 def read_result(path):
     """A saved range-test result, checked: one line if it is damaged or not one (files.read_lr_result)."""
     return read_lr_result(path, [k for k in RUN_KEYS + SWEEP_KEYS if k not in LEGACY])
-SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge", "max_backoff", "rule_version")
+SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge", "rule_version")
 ITERS_PER_DECADE = 10  # the fewest sweep iterations per factor of 10 in LR that still resolve the fall
 MIN_DECADES, MAX_DECADES = 4, 6  # a sweep spans at least 1e-3..10: this network's loss starts to fall near 1e-3
 
@@ -131,15 +130,15 @@ def smooth(values, window):
 def find_valley(s, start, turn_fraction=TURN_FRACTION, min_drop=MIN_DROP):
     """Index of the lowest smoothed loss before the curve first turns up (climbs back by turn_fraction of the
     drop made so far, once that drop is at least min_drop of the start); the global minimum if it never does.
-    Returns (index, turned_up)."""
+    Returns (index, turn): turn is the first index past the valley's side, len(s) if the loss never turned up."""
     best = 0
     for i, v in enumerate(s):
         if v < s[best]:
             best = i
         drop = start - s[best]
         if drop > min_drop * abs(start) and v - s[best] > turn_fraction * drop:
-            return best, True
-    return int(np.argmin(s)), False
+            return best, i
+    return int(np.argmin(s)), len(s)
 
 
 def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, valley_tolerance=VALLEY_TOLERANCE, max_backoff=MAX_BACKOFF,
@@ -157,7 +156,7 @@ def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, valley_tolerance=VALLEY_T
     window = max(3, round(smooth_fraction * n))
     s = smooth(losses, window)
     start = float(np.median(losses[:window]))  # the starting level, robust to one noisy first batch
-    i_valley, turned_up = find_valley(s, start, turn_fraction)
+    i_valley, i_turn = find_valley(s, start, turn_fraction)
     drop = start - s[i_valley]
     if drop < MIN_DROP * abs(start) or i_valley < 3:
         later = f", or a later start, --start-lr {100 * lrs[0]:.2g}" if lrs[0] <= 1e-4 else ""
@@ -168,10 +167,7 @@ def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, valley_tolerance=VALLEY_T
     i_fall = int(above[-1]) + 1 if len(above) else 0
     # the floor of a flat valley is several LR steps wide and noise picks its lowest point: take its centre, over
     # every point of the floor up to where the loss turns up (a bump inside the floor would halve it otherwise)
-    i_turn = i_valley
-    while i_turn + 1 < n and s[i_turn + 1] - s[i_valley] <= turn_fraction * drop:
-        i_turn += 1
-    floor = np.nonzero(s[:i_turn + 1] <= s[i_valley] + valley_tolerance * drop)[0]
+    floor = np.nonzero(s[:i_turn] <= s[i_valley] + valley_tolerance * drop)[0]
     a, b = int(floor[0]), int(floor[-1])
     lr_valley, lr_min = float(np.sqrt(lrs[a] * lrs[b])), float(lrs[i_fall])
     lr_max = lr_valley / max_backoff
@@ -179,7 +175,7 @@ def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, valley_tolerance=VALLEY_T
         raise UserError(f"the loss only started to fall (LR {lr_min:.3g}) above the rule's LRMAX {lr_max:.3g}: "
                         "lower --start-lr or raise --num-iter so the sweep resolves the falling part")
     warning = None
-    if not turned_up and finite.all():
+    if i_turn == n and finite.all():  # never turned up
         warning = (f"the loss never turned up before the end of the sweep (LR {lrs[-1]:.3g}): LRMAX may be "
                    "underestimated; raise --end-lr")
     return {"lr_min": lr_min, "lr_max": lr_max, "lr_valley": lr_valley, "smoothed": s.tolist(), "n_used": n,
@@ -241,12 +237,12 @@ def run_range_test(cfg, arrays=None):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     lrs, losses = mean_curve(curves)
-    picked = pick_lrs(lrs, losses, max_backoff=cfg.max_backoff)
+    picked = pick_lrs(lrs, losses)
     result = {"lr_min": picked["lr_min"], "lr_max": picked["lr_max"], "lr_valley": picked["lr_valley"],
               "rule": RULE, "seed": cfg.seed, "bs": cfg.bs, "subset": cfg.subset, "val": cfg.val,
               "num_iter": cfg.num_iter, "start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "momentum": cfg.momentum,
-              "weight_decay": cfg.weight_decay, "width": cfg.width, "bn_decay": cfg.bn_decay, "max_backoff": cfg.max_backoff,
-              "rule_version": cfg.rule_version,
+              "weight_decay": cfg.weight_decay, "width": cfg.width, "bn_decay": cfg.bn_decay,
+              "max_backoff": MAX_BACKOFF, "rule_version": cfg.rule_version,
               "pad_fill": cfg.pad_fill, "diverge": cfg.diverge, "device": cfg.device, "seconds": seconds,
               "warning": picked["warning"],
               "sweeps": cfg.sweeps, "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"],
