@@ -10,6 +10,7 @@ import torch
 
 LR_JSON = "runs/lr_range/lr_range.json"  # where lr_range.py writes and train.py / triangle.py look by default
 PAD_FILLS = ("zero", "reflect", "mean")  # what the random crop sees beyond the image's border (data.pad)
+PAD_FILL = "zero"  # the default
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 

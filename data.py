@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import PAD_FILLS, Parser, UserError, add_common_args, check_common_args, run_cli
+from cli import PAD_FILL, PAD_FILLS, Parser, UserError, add_common_args, check_common_args, run_cli
 from files import check_figure_path, save_figure
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -165,7 +165,7 @@ def augment(padded, draws, mean, std):
     return x * keep[:, None].to(x.dtype)
 
 
-def pad(x, fill="zero", mean=None):
+def pad(x, fill=PAD_FILL, mean=None):
     """uint8 NHWC images padded by PAD on each side for the random crop: black (`zero`, torchvision's default), the
     image mirrored at its edge (`reflect`, numpy's mode, as David Page's and airbench's loaders do) or the
     training set's channel mean (`mean`: 0 after normalisation, as cutout fills)."""
@@ -200,7 +200,7 @@ class Loader:
     """
 
     def __init__(self, images, labels, batch_size, mean, std, device, train, seed=0, rank=0, world=1,
-                 pad_fill="zero", drop_last=False):
+                 pad_fill=PAD_FILL, drop_last=False):
         self.device, self.train, self.seed, self.epoch = torch.device(device), train, seed, 0
         self.batch_size, self.rank, self.world, self.drop_last = batch_size, rank, world, drop_last and train
         self.mean, self.std = mean.to(self.device), std.to(self.device)
@@ -249,7 +249,7 @@ def split_data(arrays, subset=0, val=0):
 
 
 def make_loaders(arrays, batch_size, device, seed=0, subset=0, val=0, eval_batch_size=1000, rank=0, world=1,
-                 pad_fill="zero", drop_last=False):
+                 pad_fill=PAD_FILL, drop_last=False):
     """Train and evaluation loaders on `device`. Mean/std come from all loaded training images (never the test set).
     `batch_size` is the global batch; with `world` processes this one yields its slice (see Loader). drop_last
     skips each epoch's partial last batch (its images are the ones the shuffle put last)."""

@@ -44,7 +44,12 @@ def compile_model(model, mode, backend="inductor"):
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False, backend=backend)
 
 
-def make_optimizer(model, lr, momentum=0.9, weight_decay=5e-4, bn_decay=True):
+# The optimizer's defaults, for train.py and lr_range.py alike (the range test must see the run's training step).
+WEIGHT_DECAY = 5e-4
+BN_DECAY = True  # decay the 1-D parameters too
+
+
+def make_optimizer(model, lr, momentum=0.9, weight_decay=WEIGHT_DECAY, bn_decay=BN_DECAY):
     """SGD with Nesterov momentum. bn_decay=False exempts the 1-D parameters (batch-norm weights and biases, the
     classifier's bias) from weight decay: a second parameter group, which every scheduler drives like the first."""
     params = list(model.parameters())

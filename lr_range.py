@@ -45,8 +45,8 @@ from ignite.handlers import FastaiLRFinder
 import data
 import engine
 import tblog
-from cli import (LR_JSON, Parser, UserError, add_common_args, add_recipe_args, add_tensorboard_arg, check_common_args,
-                 run_cli)
+from cli import (LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_recipe_args, add_tensorboard_arg,
+                 check_common_args, run_cli)
 from files import check_writable, read_lr_result, save_figure, write_json
 
 SMOOTH_FRACTION = 0.1  # moving-average window, as a fraction of the points recorded
@@ -77,12 +77,12 @@ class RangeConfig:
     start_lr: float | None = None  # None -> auto_start_lr(num_iter, end_lr)
     end_lr: float = 10.0
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = engine.WEIGHT_DECAY
     diverge: float = 4.0  # stop once the (EMA-smoothed) loss exceeds this multiple of its best
     rule_version: int = RULE_VERSION  # a result read by another version of the rule is not reused
     width: float = 1.0  # channel multiplier of the network (model.py)
-    bn_decay: bool = True  # weight decay on the 1-D parameters too (engine.make_optimizer)
-    pad_fill: str = "zero"  # data.pad
+    bn_decay: bool = engine.BN_DECAY  # weight decay on the 1-D parameters too (engine.make_optimizer)
+    pad_fill: str = PAD_FILL  # data.pad
     tensorboard: bool = False  # also write the curve as TensorBoard events into `out` (tblog.py)
 
 

@@ -35,10 +35,10 @@ import distributed
 import lr_range
 import report
 import tblog
-from cli import (LR_JSON, Parser, UserError, add_common_args, add_compile_arg, add_recipe_args, add_tensorboard_arg,
-                 check_common_args, run_cli)
-from engine import (EMA_EVERY, NonFiniteLoss, Stamp, attach_ema, build_model, compile_model, create_evaluator,
-                    create_trainer, make_optimizer)
+from cli import (LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_compile_arg, add_recipe_args,
+                 add_tensorboard_arg, check_common_args, run_cli)
+from engine import (BN_DECAY, EMA_EVERY, WEIGHT_DECAY, NonFiniteLoss, Stamp, attach_ema, build_model, compile_model,
+                    create_evaluator, create_trainer, make_optimizer)
 from files import SafeDiskSaver, check_writable, fresh_run_dir, latest_checkpoint, load_checkpoint, read_json
 from schedule import MOMENTUM_MAX, MOMENTUM_MIN, attach_one_cycle, one_cycle_milestones
 
@@ -59,13 +59,13 @@ class Config:
     lr_json: str = LR_JSON
     momentum_max: float = MOMENTUM_MAX
     momentum_min: float = MOMENTUM_MIN
-    weight_decay: float = 5e-4
+    weight_decay: float = WEIGHT_DECAY
     label_smoothing: float = 0.0
     ema_half_life: float = 0.0  # epochs; >0: evaluate an exponential moving average of the weights
     eval_bs: int = 1000
     width: float = 1.0  # channel multiplier (model.py): 1 = the exercise's network, 0.25 = the CPU twin
-    bn_decay: bool = True  # weight decay on batch-norm weights/biases and the classifier's bias too
-    pad_fill: str = "zero"  # the crop's border (data.pad): zero / reflect / mean
+    bn_decay: bool = BN_DECAY  # weight decay on batch-norm weights/biases and the classifier's bias too
+    pad_fill: str = PAD_FILL  # the crop's border (data.pad): zero / reflect / mean
     drop_last: bool = False  # skip each epoch's partial last batch
     compile: str = ""  # "" = eager; else a torch.compile mode from cli.COMPILE_MODES
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
