@@ -8,6 +8,7 @@
 # chosen); COMMON="..." adds flags to both scripts (--width 0.25 for the CPU twin), RANGE="..." to lr_range.py.
 # A finished run is kept, an unfinished one resumed, so the same command continues an interrupted ablation.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 out=${1:?usage: bash scripts/ablate.sh OUT [VARIANT ...]}; shift
 variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(base lrmax_x0.5 lrmax_x0.25 lrmax_x2 lrmin_div10 mom0.9 no_bn_decay
@@ -38,9 +39,7 @@ for name in "${variants[@]}"; do
   flags=$(flags_of "$name")
   for seed in ${SEEDS:-0 1}; do
     run="$out/$name-s$seed"
-    if python3 -c "import json, sys; sys.exit('final' not in json.load(open(sys.argv[1])))" "$run/metrics.json" 2>/dev/null; then
-      continue  # finished earlier
-    fi
+    if finished "$run"; then continue; fi
     if [ -f "$run/config.json" ]; then  # an interrupted run: its own settings, only the device may change
       # shellcheck disable=SC2086
       python3 train.py --resume "$run" ${COMMON:-} >> "$run.log" 2>&1 || echo "$run failed, see $run.log" >&2

@@ -9,6 +9,7 @@
 #   COMMON="--data tests/data --device cpu --subset 256 --bs 64" RANGE="--num-iter 40" \
 #   bash scripts/seeds.sh /tmp/seeds --epochs 2 --peak-epoch 1)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 out=${1:-runs/seeds}; shift || true
 mkdir -p "$out"
 # shellcheck disable=SC2086
@@ -19,7 +20,6 @@ wait_all() {
   for p in "${pids[@]}"; do wait "$p" || { echo "seeds.sh: a run failed, see $out/seed*.log" >&2; exit 1; }; done
   pids=()
 }
-finished() { python3 -c "import json, sys; sys.exit('final' not in json.load(open(sys.argv[1])))" "$1/metrics.json" 2>/dev/null; }
 for seed in ${SEEDS:-0 1 2 3 4}; do
   run="$out/seed$seed"
   if finished "$run"; then continue; fi

@@ -3,6 +3,7 @@
 # no final line, or an incomplete run folder): a race at exit shows up only now and then.
 #   bash scripts/torchrun_repeat.sh [N=30] [OUT=runs/torchrun_repeat]
 set -uo pipefail
+source "$(dirname "$0")/lib.sh"
 n=${1:-30}; out=${2:-runs/torchrun_repeat}
 mkdir -p "$out"
 data=${DATA:-tests/data}
@@ -15,7 +16,7 @@ for i in $(seq 1 "$n"); do
     > "$run.log" 2>&1
   rc=$?
   if [ "$rc" -ne 0 ] || ! grep -q "test accuracy" "$run.log" || [ ! -f "$run/confusion.png" ] \
-     || ! python3 -c "import json, sys; sys.exit('final' not in json.load(open(sys.argv[1])))" "$run/metrics.json"; then
+     || ! finished "$run"; then
     fails=$((fails + 1))
     echo "launch $i: FAILED (exit $rc), see $run.log"
   fi
