@@ -1,4 +1,6 @@
-"""Table of finished runs: python scripts/summarize.py runs/seeds/seed*  (median and minimum at the bottom)."""
+"""Table of finished runs: python scripts/summarize.py runs/seeds/seed*  (median and minimum at the bottom).
+Given ablate.sh's VARIANT-sSEED folders, also one line per variant, set against the variant named base."""
+import math
 import re
 import statistics
 import sys
@@ -11,8 +13,27 @@ from cli import UserError, run_cli  # noqa: E402
 from files import read_json  # noqa: E402
 
 
+def paired_difference(base, other):
+    """Seed by seed, other - base over the seeds both ran ({seed: accuracy} each): (pairs, mean difference, its
+    standard error or None below 2 pairs, how many pairs are up), or None when no seed is shared. Pairing by seed
+    takes out what the seed alone does (initial weights, batch order), which two unpaired means carry as noise."""
+    diffs = [other[s] - base[s] for s in sorted(base.keys() & other.keys())]
+    if not diffs:
+        return None
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+    return len(diffs), statistics.mean(diffs), se, sum(d > 0 for d in diffs)
+
+
+def paired_cell(base, other):
+    p = paired_difference(base, other)
+    if p is None:
+        return ""
+    n, mean, se, up = p
+    return f"{mean:+.2f}" + ("" if se is None else f" ± {se:.2f}") + f", {up} of {n} up"
+
+
 def main(dirs):
-    rows, acc, tta = [], [], []
+    rows, acc, tta, seeds = [], [], [], []
     for d in map(Path, dirs):
         cfg = read_json(d / "config.json", "run configuration", "is this a train.py run folder?")
         metrics = d / "metrics.json"
@@ -22,6 +43,7 @@ def main(dirs):
             continue
         acc.append(100 * final["accuracy"])
         tta.append(100 * final["tta_accuracy"])
+        seeds.append(cfg["seed"])
         rows.append((d.name, cfg["seed"], final["eval_set"], f"{acc[-1]:.2f}", f"{tta[-1]:.2f}",
                      f"{final['lr_min']:.4g}", f"{final['lr_max']:.4g}", f"{final['train_seconds']:.1f}",
                      f"{final['wall_seconds']:.1f}", cfg["versions"].get("gpu") or "cpu"))
@@ -30,15 +52,19 @@ def main(dirs):
     print(tabulate(rows, headers=["run", "seed", "eval", "acc %", "flip-TTA %", "LRMIN", "LRMAX", "train s",
                                   "wall s", "device"], disable_numparse=True))
     groups = {}  # ablate.sh names its runs VARIANT-sSEED: one line per variant
-    for row, a in zip(rows, acc):
-        groups.setdefault(re.sub(r"-s\d+$", "", row[0]), []).append(a)
+    for row, seed, a in zip(rows, seeds, acc):
+        groups.setdefault(re.sub(r"-s\d+$", "", row[0]), []).append((seed, a))
     if any(len(v) > 1 for v in groups.values()):
-        base = statistics.mean(groups["base"]) if "base" in groups else None
-        print(tabulate([(k, len(v), f"{statistics.mean(v):.2f}", f"{min(v):.2f}",
-                         "" if base is None else f"{statistics.mean(v) - base:+.2f}", " ".join(f"{a:.2f}" for a in v))
-                        for k, v in sorted(groups.items())],
-                       headers=["variant", "runs", "mean acc %", "min acc %", "mean - base", "each"],
-                       disable_numparse=True))
+        base = dict(groups["base"]) if "base" in groups else None
+        lines = []
+        for k, runs in sorted(groups.items()):
+            v = [a for _, a in runs]
+            lines.append((k, len(v), f"{statistics.mean(v):.2f}", f"{min(v):.2f}",
+                          "" if base is None else f"{statistics.mean(v) - statistics.mean(base.values()):+.2f}",
+                          "" if base is None or k == "base" else paired_cell(base, dict(runs)),
+                          " ".join(f"{a:.2f}" for a in v)))
+        print(tabulate(lines, headers=["variant", "runs", "mean acc %", "min acc %", "mean - base",
+                                       "paired by seed ± s.e.", "each"], disable_numparse=True))
     print(f"\naccuracy over {len(acc)} runs: median {statistics.median(acc):.2f} %, min {min(acc):.2f} %; "
           f"flip-TTA median {statistics.median(tta):.2f} %, min {min(tta):.2f} %")
 

@@ -354,3 +354,14 @@ def test_ignite_overhead_script_runs():
     r = run_script("scripts/ignite_overhead.py", "--epochs", "2", "--iters", "5", "--repeats", "1")
     assert r.returncode == 0, r.stderr
     assert "bare engine" in r.stdout and "train.py handlers" in r.stdout and "us/iteration" in r.stdout
+
+
+def test_paired_difference_pairs_by_seed():
+    from scripts import summarize
+
+    base, other = {0: 90.0, 1: 91.0, 2: 89.0}, {1: 91.5, 2: 89.1, 3: 95.0}  # seed 3 has no partner, seed 0 neither
+    n, mean, se, up = summarize.paired_difference(base, other)
+    assert (n, up) == (2, 2) and mean == pytest.approx(0.3) and se == pytest.approx(0.2)
+    assert summarize.paired_difference(base, {5: 1.0}) is None
+    assert summarize.paired_difference(base, {0: 89.0})[2] is None  # one pair: no standard error
+    assert summarize.paired_cell(base, other) == "+0.30 ± 0.20, 2 of 2 up"
