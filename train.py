@@ -6,8 +6,8 @@
 
 The recipe (every trick named): SGD with Nesterov momentum and weight decay 5e-4; one-cycle LR as an Ignite
 PiecewiseLinear stepped per iteration (schedule.py): LRMIN on the first iteration -> LRMAX on the last iteration of
-epoch `peak` -> LRMIN on the last iteration (no annihilation: never below LRMIN); momentum cycled inversely
-0.95 -> 0.85 -> 0.95; logits x0.125 (model.py); GPU-resident data with batched crop/flip/cutout (data.py); bf16
+epoch `peak` -> LRMIN on the last iteration (no annihilation: never below LRMIN); momentum constant 0.9
+(--momentum 0.95 0.85 cycles it inversely); logits x0.125 (model.py); GPU-resident data with batched crop/flip/cutout (data.py); bf16
 autocast and channels-last on CUDA, float32 on a CPU (engine.py). LRMIN and LRMAX come from lr_range.json
 (lr_range.py), which this script runs itself when none was made with this run's settings.
 Under torchrun, --bs is the global batch (distributed.py); only rank 0 prints and writes.
@@ -289,7 +289,7 @@ def parse_args(argv=None):
                    help="evaluate an exponential moving average of the weights whose half-life is EPOCHS epochs, "
                    f"updated every {EMA_EVERY} steps (default: 0 = off)")
     p.add_argument("--momentum", type=float, nargs=2, default=[d.momentum_max, d.momentum_min], metavar=("HI", "LO"),
-                   help="momentum at the ends and at the peak of the cycle (default: 0.95 0.85; equal = constant)")
+                   help="momentum at the ends and at the peak of the cycle (default: 0.9 0.9, constant; 0.95 0.85 cycles it)")
     add_recipe_args(p, d)
     p.add_argument("--drop-last", action="store_true", help="skip each epoch's partial last batch (default: train on it)")
     p.add_argument("--eval-bs", type=int, default=d.eval_bs, help="evaluation batch size per process (default: 1000)")

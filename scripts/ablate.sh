@@ -2,7 +2,8 @@
 # Choosing the defaults on a validation split, never on the test set: the last VAL training images (default
 # 5,000) are held out, for the range test too, and each variant trains 24 epochs on the rest, once per seed.
 #   bash scripts/ablate.sh OUT [VARIANT ...]      (default: every variant below; the table at the end)
-#   VARIANT: base | pad_reflect | pad_mean | no_bn_decay | drop_last | mom0.9 | ls0.2 | ema
+#   VARIANT: base | pad_reflect | pad_mean | no_bn_decay | drop_last | mom_cycled (0.95 -> 0.85 -> 0.95)
+#            | mom0.9 (constant, the default since 2026-11-24) | ls0.2 | ema
 #            | lrmax_xK (LRMAX = K x the found one, e.g. lrmax_x0.5) | lrmin_divK (LRMIN = found / K)
 # SEEDS="0 1" (default) picks the seeds; BASE="..." adds train.py flags to every variant (a setting already
 # chosen); COMMON="..." adds flags to both scripts (--width 0.25 for the CPU twin), RANGE="..." to lr_range.py.
@@ -11,7 +12,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 out=${1:?usage: bash scripts/ablate.sh OUT [VARIANT ...]}; shift
 variants=("$@")
-[ ${#variants[@]} -gt 0 ] || variants=(base lrmax_x0.5 lrmax_x0.25 lrmax_x2 lrmin_div10 mom0.9 no_bn_decay
+[ ${#variants[@]} -gt 0 ] || variants=(base lrmax_x0.5 lrmax_x0.25 lrmax_x2 lrmin_div10 mom_cycled no_bn_decay
                                         pad_reflect pad_mean drop_last ls0.2 ema)
 mkdir -p "$out"
 val=${VAL:-5000}
@@ -28,6 +29,7 @@ flags_of() {
     no_bn_decay) echo "--no-bn-decay" ;;
     drop_last) echo "--drop-last" ;;
     mom0.9) echo "--momentum 0.9 0.9" ;;
+    mom_cycled) echo "--momentum 0.95 0.85" ;;
     ls0.2) echo "--label-smoothing 0.2" ;;
     ema) echo "--ema-half-life 1.5" ;;
     lrmax_x*) echo "--lr-max $(lr lr_max "${1#lrmax_x}" 1)" ;;

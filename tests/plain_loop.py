@@ -1,7 +1,7 @@
 """The recipe as README.md states it, in a plain PyTorch loop: no Ignite and none of train.py's machinery, only
 the network (model.py) and the batches it is given. The LR and momentum are set by hand at every iteration from
 the README's formula; test_plain_loop.py holds train.py to this loop, so the README and the trainer cannot drift
-apart. Defaults are the README's: SGD with Nesterov momentum 0.95 -> 0.85 -> 0.95, weight decay 5e-4 on every
+apart. Defaults are the README's: SGD with Nesterov momentum 0.9, weight decay 5e-4 on every
 parameter, plain cross-entropy on the logits (the softmax lives in the loss)."""
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ def one_cycle(it, peak, last, start, top):
 
 
 def train_plain(epoch_batches, iters_per_epoch, epochs, peak_epoch, lr_min, lr_max, seed=0, width=1.0,
-                momentum=(0.95, 0.85), weight_decay=5e-4, bn_decay=True, label_smoothing=0.0, evaluate=None):
+                momentum=(0.9, 0.9), weight_decay=5e-4, bn_decay=True, label_smoothing=0.0, evaluate=None):
     """Train from the weights ResNet9 gets after torch.manual_seed(seed). `epoch_batches()` returns one epoch's
     (images, labels) batches; `evaluate(model)`, if given, runs after every epoch. Returns (model, per-epoch
     [(train loss, train accuracy, evaluate's result)])."""

@@ -20,8 +20,8 @@ def test_readme_formula_is_the_one_cycle():
 @pytest.mark.slow
 @pytest.mark.parametrize("flags, plain", [
     ([], {}),  # the defaults, as the README states them
-    (["--no-bn-decay", "--label-smoothing", "0.2", "--momentum", "0.9", "0.9", "--pad-fill", "reflect"],
-     {"bn_decay": False, "label_smoothing": 0.2, "momentum": (0.9, 0.9), "pad_fill": "reflect"}),
+    (["--no-bn-decay", "--label-smoothing", "0.2", "--momentum", "0.95", "0.85", "--pad-fill", "reflect"],
+     {"bn_decay": False, "label_smoothing": 0.2, "momentum": (0.95, 0.85), "pad_fill": "reflect"}),
 ])
 def test_train_py_equals_the_plain_loop(tmp_path, flags, plain):
     out = tmp_path / "run"
