@@ -5,7 +5,8 @@ from ignite.engine import Events
 from ignite.handlers import PiecewiseLinear
 
 # Momentum at the ends of the cycle and at the LR peak: constant 0.9, as David Page ran it. Cycling it inversely
-# (0.95 -> 0.85 -> 0.95) was 0.5 point worse on the twin's validation split, on each of five paired seeds (docs/cpu_twin.md).
+# (0.95 -> 0.85 -> 0.95) was 0.5 point worse on the twin's validation split, on each of five paired seeds
+# (docs/cpu_twin.md).
 MOMENTUM_MAX, MOMENTUM_MIN = 0.9, 0.9
 
 

@@ -7,9 +7,9 @@
 The recipe (every trick named): SGD with Nesterov momentum and weight decay 5e-4; one-cycle LR as an Ignite
 PiecewiseLinear stepped per iteration (schedule.py): LRMIN on the first iteration -> LRMAX on the last iteration of
 epoch `peak` -> LRMIN on the last iteration (no annihilation: never below LRMIN); momentum constant 0.9
-(--momentum 0.95 0.85 cycles it inversely); logits x0.125 (model.py); GPU-resident data with batched crop/flip/cutout (data.py); bf16
-autocast and channels-last on CUDA, float32 on a CPU (engine.py). LRMIN and LRMAX come from lr_range.json
-(lr_range.py), which this script runs itself when none was made with this run's settings.
+(--momentum 0.95 0.85 cycles it inversely); logits x0.125 (model.py); GPU-resident data with batched
+crop/flip/cutout (data.py); bf16 autocast and channels-last on CUDA, float32 on a CPU (engine.py). LRMIN and LRMAX
+come from lr_range.json (lr_range.py), which this script runs itself when none was made with this run's settings.
 Under torchrun, --bs is the global batch (distributed.py); only rank 0 prints and writes.
 
 A run writes into --out (default: a fresh runs/YYYYmmdd-HHMMSS): config.json, metrics.json, curves.png, lr.png,

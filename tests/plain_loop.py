@@ -1,8 +1,8 @@
 """The recipe as README.md states it, in a plain PyTorch loop: no Ignite and none of train.py's machinery, only
 the network (model.py) and the batches it is given. The LR and momentum are set by hand at every iteration from
 the README's formula; test_plain_loop.py holds train.py to this loop, so the README and the trainer cannot drift
-apart. Defaults are the README's: SGD with Nesterov momentum 0.9, weight decay 5e-4 on every
-parameter, plain cross-entropy on the logits (the softmax lives in the loss)."""
+apart. Defaults are the README's: SGD with Nesterov momentum 0.9 (constant), weight decay 5e-4 on every parameter,
+plain cross-entropy on the logits (the softmax lives in the loss)."""
 import torch
 import torch.nn.functional as F
 
