@@ -33,7 +33,7 @@ def paired_cell(base, other):
 
 
 def main(dirs):
-    rows, acc, tta, seeds = [], [], [], []
+    rows, acc, tta = [], [], []
     for d in map(Path, dirs):
         cfg = read_json(d / "config.json", "run configuration", "is this a train.py run folder?")
         metrics = d / "metrics.json"
@@ -43,7 +43,6 @@ def main(dirs):
             continue
         acc.append(100 * final["accuracy"])
         tta.append(100 * final["tta_accuracy"])
-        seeds.append(cfg["seed"])
         rows.append((d.name, cfg["seed"], final["eval_set"], f"{acc[-1]:.2f}", f"{tta[-1]:.2f}",
                      f"{final['lr_min']:.4g}", f"{final['lr_max']:.4g}", f"{final['train_seconds']:.1f}",
                      f"{final['wall_seconds']:.1f}", cfg["versions"].get("gpu") or "cpu"))
@@ -52,15 +51,16 @@ def main(dirs):
     print(tabulate(rows, headers=["run", "seed", "eval", "acc %", "flip-TTA %", "LRMIN", "LRMAX", "train s",
                                   "wall s", "device"], disable_numparse=True))
     groups = {}  # ablate.sh names its runs VARIANT-sSEED: one line per variant
-    for row, seed, a in zip(rows, seeds, acc):
-        groups.setdefault(re.sub(r"-s\d+$", "", row[0]), []).append((seed, a))
+    for row, a in zip(rows, acc):  # row: (name, seed, ...)
+        groups.setdefault(re.sub(r"-s\d+$", "", row[0]), []).append((row[1], a))
     if any(len(v) > 1 for v in groups.values()):
         base = dict(groups["base"]) if "base" in groups else None
+        base_mean = statistics.mean(base.values()) if base else None
         lines = []
         for k, runs in sorted(groups.items()):
             v = [a for _, a in runs]
             lines.append((k, len(v), f"{statistics.mean(v):.2f}", f"{min(v):.2f}",
-                          "" if base is None else f"{statistics.mean(v) - statistics.mean(base.values()):+.2f}",
+                          "" if base is None else f"{statistics.mean(v) - base_mean:+.2f}",
                           "" if base is None or k == "base" else paired_cell(base, dict(runs)),
                           " ".join(f"{a:.2f}" for a in v)))
         print(tabulate(lines, headers=["variant", "runs", "mean acc %", "min acc %", "mean - base",
