@@ -289,7 +289,8 @@ def parse_args(argv=None):
                    help="evaluate an exponential moving average of the weights whose half-life is EPOCHS epochs, "
                    f"updated every {EMA_EVERY} steps (default: 0 = off)")
     p.add_argument("--momentum", type=float, nargs=2, default=[d.momentum_max, d.momentum_min], metavar=("HI", "LO"),
-                   help="momentum at the ends and at the peak of the cycle (default: 0.9 0.9, constant; 0.95 0.85 cycles it)")
+                   help="momentum at the ends and at the peak of the cycle "
+                   f"(default: {d.momentum_max:g} {d.momentum_min:g}; equal = constant, 0.95 0.85 cycles it)")
     add_recipe_args(p, d)
     p.add_argument("--drop-last", action="store_true", help="skip each epoch's partial last batch (default: train on it)")
     p.add_argument("--eval-bs", type=int, default=d.eval_bs, help="evaluation batch size per process (default: 1000)")
