@@ -1,5 +1,6 @@
 """Table of finished runs: python scripts/summarize.py runs/seeds/seed*  (median and minimum at the bottom).
-Given ablate.sh's VARIANT-sSEED folders, also one line per variant, set against the variant named base."""
+Given ablate.sh's VARIANT-sSEED folders, also one line per variant, set against the variant named base
+(--base NAME sets them against another: runs of a later ablation against an earlier winner, say)."""
 import math
 import re
 import statistics
@@ -9,7 +10,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cli import UserError, run_cli  # noqa: E402
+from cli import Parser, UserError, run_cli  # noqa: E402
 from files import read_json  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def paired_cell(base, other):
     return f"{mean:+.2f}" + ("" if se is None else f" ± {se:.2f}") + f", {up} of {n} up"
 
 
-def main(dirs):
+def main(dirs, base_name="base"):
     rows, acc, tta = [], [], []
     for d in map(Path, dirs):
         cfg = read_json(d / "config.json", "run configuration", "is this a train.py run folder?")
@@ -54,14 +55,14 @@ def main(dirs):
     for row, a in zip(rows, acc):  # row: (name, seed, ...)
         groups.setdefault(re.sub(r"-s\d+$", "", row[0]), []).append((row[1], a))
     if any(len(v) > 1 for v in groups.values()):
-        base = dict(groups["base"]) if "base" in groups else None
+        base = dict(groups[base_name]) if base_name in groups else None
         base_mean = statistics.mean(base.values()) if base else None
         lines = []
         for k, runs in sorted(groups.items()):
             v = [a for _, a in runs]
             lines.append((k, len(v), f"{statistics.mean(v):.2f}", f"{min(v):.2f}",
                           "" if base is None else f"{statistics.mean(v) - base_mean:+.2f}",
-                          "" if base is None or k == "base" else paired_cell(base, dict(runs)),
+                          "" if base is None or k == base_name else paired_cell(base, dict(runs)),
                           " ".join(f"{a:.2f}" for a in v)))
         print(tabulate(lines, headers=["variant", "runs", "mean acc %", "min acc %", "mean - base",
                                        "paired by seed ± s.e.", "each"], disable_numparse=True))
@@ -70,4 +71,9 @@ def main(dirs):
 
 
 if __name__ == "__main__":
-    run_cli(lambda: main(sys.argv[1:]))
+    parser = Parser(__doc__)
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="train.py run folders (config.json, metrics.json)")
+    parser.add_argument("--base", default="base", metavar="NAME",
+                        help="the variant the others are set against (default: base)")
+    args = parser.parse_args()
+    run_cli(lambda: main(args.runs, args.base))

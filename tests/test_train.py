@@ -301,6 +301,11 @@ def test_summarize_groups_ablation_variants(smoke_run, tmp_path):
     assert r.returncode == 0, r.stderr
     lines = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split()}
     assert lines["base"][1] == "2" and lines["ema"][1] == "1"  # runs per variant
+    assert "up" in lines["ema"] and "up" not in lines["base"]  # ema is set against base
+    r = run_script("scripts/summarize.py", "--base", "ema", *sorted(tmp_path.iterdir()))
+    assert r.returncode == 0, r.stderr
+    lines = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split()}
+    assert "up" in lines["base"] and "up" not in lines["ema"]  # and now base against ema
 
 
 @pytest.mark.slow
