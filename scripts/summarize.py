@@ -54,6 +54,8 @@ def main(dirs, base_name="base"):
     groups = {}  # ablate.sh names its runs VARIANT-sSEED: one line per variant
     for row, a in zip(rows, acc):  # row: (name, seed, ...)
         groups.setdefault(re.sub(r"-s\d+$", "", row[0]), []).append((row[1], a))
+    if base_name != "base" and base_name not in groups:  # asked for by name: a typo must not pass in silence
+        raise UserError(f"--base {base_name}: no such variant among the runs ({', '.join(sorted(groups))})")
     if any(len(v) > 1 for v in groups.values()):
         base = dict(groups[base_name]) if base_name in groups else None
         base_mean = statistics.mean(base.values()) if base else None

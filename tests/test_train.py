@@ -306,6 +306,8 @@ def test_summarize_groups_ablation_variants(smoke_run, tmp_path):
     assert r.returncode == 0, r.stderr
     lines = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split()}
     assert "up" in lines["base"] and "up" not in lines["ema"]  # and now base against ema
+    r = run_script("scripts/summarize.py", "--base", "emma", *sorted(tmp_path.iterdir()))
+    assert r.returncode == 2 and "--base emma: no such variant" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 @pytest.mark.slow
