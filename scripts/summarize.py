@@ -33,7 +33,8 @@ def paired_cell(base, other):
     return f"{mean:+.2f}" + ("" if se is None else f" ± {se:.2f}") + f", {up} of {n} up"
 
 
-def main(dirs, base_name="base"):
+def main(dirs, base_name=None):
+    """base_name: the variant the others are set against; None means "base" where there is one."""
     rows, acc, tta = [], [], []
     for d in map(Path, dirs):
         cfg = read_json(d / "config.json", "run configuration", "is this a train.py run folder?")
@@ -54,8 +55,9 @@ def main(dirs, base_name="base"):
     groups = {}  # ablate.sh names its runs VARIANT-sSEED: one line per variant
     for row, a in zip(rows, acc):  # row: (name, seed, ...)
         groups.setdefault(re.sub(r"-s\d+$", "", row[0]), []).append((row[1], a))
-    if base_name != "base" and base_name not in groups:  # asked for by name: a typo must not pass in silence
+    if base_name is not None and base_name not in groups:  # asked for by name: a typo must not pass in silence
         raise UserError(f"--base {base_name}: no such variant among the runs ({', '.join(sorted(groups))})")
+    base_name = base_name or "base"
     if any(len(v) > 1 for v in groups.values()):
         base = dict(groups[base_name]) if base_name in groups else None
         base_mean = statistics.mean(base.values()) if base else None
@@ -75,7 +77,7 @@ def main(dirs, base_name="base"):
 if __name__ == "__main__":
     parser = Parser(__doc__)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="train.py run folders (config.json, metrics.json)")
-    parser.add_argument("--base", default="base", metavar="NAME",
+    parser.add_argument("--base", metavar="NAME",
                         help="the variant the others are set against (default: base)")
     args = parser.parse_args()
     run_cli(lambda: main(args.runs, args.base))
