@@ -11,6 +11,8 @@ import torch
 LR_JSON = "runs/lr_range/lr_range.json"  # where lr_range.py writes and train.py / triangle.py look by default
 PAD_FILLS = ("zero", "reflect", "mean")  # what the random crop sees beyond the image's border (data.pad)
 PAD_FILL = "zero"  # the default
+INITS = ("default", "dirac")  # the convolutions' initial weights (model.dirac_init); INIT, the default
+INIT = "default"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
@@ -85,6 +87,9 @@ def add_recipe_args(p, d):
                    f"(default: {'on' if d.bn_decay else 'off'})")
     p.add_argument("--pad-fill", default=d.pad_fill, choices=PAD_FILLS,
                    help=f"the crop's 4-pixel border: black, the mirrored image, or the channel mean (default: {d.pad_fill})")
+    p.add_argument("--init", default=d.init, choices=INITS,
+                   help="the convolutions' initial weights: PyTorch's Kaiming-uniform, or dirac (the first filters "
+                   f"of each conv pass their input channel through, as in airbench) (default: {d.init})")
 
 
 def add_tensorboard_arg(p):

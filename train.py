@@ -35,7 +35,7 @@ import distributed
 import lr_range
 import report
 import tblog
-from cli import (LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_compile_arg, add_recipe_args,
+from cli import (INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_compile_arg, add_recipe_args,
                  add_tensorboard_arg, check_common_args, run_cli)
 from engine import (BN_DECAY, EMA_EVERY, WEIGHT_DECAY, NonFiniteLoss, Stamp, attach_ema, build_model, compile_model,
                     create_evaluator, create_trainer, make_optimizer)
@@ -66,6 +66,7 @@ class Config:
     width: float = 1.0  # channel multiplier (model.py): 1 = the exercise's network, 0.25 = the CPU twin
     bn_decay: bool = BN_DECAY  # weight decay on batch-norm weights/biases and the classifier's bias too
     pad_fill: str = PAD_FILL  # the crop's border (data.pad): zero / reflect / mean
+    init: str = INIT  # the convolutions' initial weights (model.py): default / dirac
     drop_last: bool = False  # skip each epoch's partial last batch
     compile: str = ""  # "" = eager; else a torch.compile mode from cli.COMPILE_MODES
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
@@ -137,7 +138,7 @@ def resolve_lrs(cfg, arrays):
 
 def build_engines(cfg, device, n_iter, lr_min, lr_max):
     """The model, optimizer, trainer with its schedules (and EMA), the evaluator, and what a checkpoint holds."""
-    raw = build_model(cfg.seed, device, cfg.width)
+    raw = build_model(cfg.seed, device, cfg.width, cfg.init)
     model = compile_model(distributed.wrap_model(raw, device, cfg.sync_bn), cfg.compile)
     optimizer = make_optimizer(raw, lr_min, cfg.momentum_max, cfg.weight_decay, cfg.bn_decay)
     trainer = create_trainer(model, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device)

@@ -65,6 +65,22 @@ def test_width_multiplies_every_channel_count():
     assert twin(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_dirac_init_passes_the_input_through_the_first_filters():
+    torch.manual_seed(0)
+    default = model.ResNet9(width=0.25)
+    torch.manual_seed(0)
+    dirac = model.ResNet9(width=0.25, init="dirac")
+    x = torch.randn(2, 128, 8, 8)  # enough channels for every conv
+    for (name, a), (_, b) in zip(default.named_modules(), dirac.named_modules()):
+        if isinstance(a, nn.Conv2d):
+            k = a.in_channels
+            torch.testing.assert_close(b(x[:, :k])[:, :k], x[:, :k], msg=name)  # identity on the first k filters
+            torch.testing.assert_close(b.weight[k:], a.weight[k:], msg=name)  # the rest keep their seeded values
+            assert not torch.equal(a.weight[:k], b.weight[:k])
+    with pytest.raises(ValueError, match="init must be one of"):
+        model.ResNet9(init="zeros")
+
+
 @pytest.mark.slow
 def test_cli_width_table_and_bad_width():
     r = run_script("model.py", "--width", "0.25")
