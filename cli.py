@@ -13,6 +13,8 @@ PAD_FILLS = ("zero", "reflect", "mean")  # what the random crop sees beyond the 
 PAD_FILL = "zero"  # the default
 INITS = ("default", "dirac")  # the convolutions' initial weights (model.dirac_init); INIT, the default
 INIT = "default"
+FLIPS = ("random", "alternate")  # the horizontal flip (data.Loader); FLIP, the default
+FLIP = "random"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
@@ -87,6 +89,9 @@ def add_recipe_args(p, d):
                    f"(default: {'on' if d.bn_decay else 'off'})")
     p.add_argument("--pad-fill", default=d.pad_fill, choices=PAD_FILLS,
                    help=f"the crop's 4-pixel border: black, the mirrored image, or the channel mean (default: {d.pad_fill})")
+    p.add_argument("--flip", default=d.flip, choices=FLIPS,
+                   help="the horizontal flip: a coin per image per epoch, or alternate (a coin per image in the first "
+                   f"epoch, the other side in the next, and so on, as in airbench) (default: {d.flip})")
     p.add_argument("--init", default=d.init, choices=INITS,
                    help="the convolutions' initial weights: PyTorch's Kaiming-uniform, or dirac (the first filters "
                    f"of each conv pass their input channel through, as in airbench) (default: {d.init})")

@@ -5,7 +5,8 @@
 Loading: DIR holds `cifar10_train.npz` + `cifar10_test.npz` (arrays `images` uint8 Nx32x32x3, `labels`), or
 torchvision's `cifar-10-batches-py`; with neither, torchvision's download is tried once.
 Augmentation (training only), per image, in one pass over a batch on the device:
-RandomCrop(32) of the image zero-padded by 4 -> horizontal flip (p=0.5) -> Cutout 8x8 (centre uniform over the
+RandomCrop(32) of the image zero-padded by 4 -> horizontal flip (p=0.5; or `flip="alternate"`: every other
+epoch) -> Cutout 8x8 (centre uniform over the
 image, clipped at the border, filled with the channel mean = 0 after normalisation) -> normalise with the training
 set's mean/std. The random draws come from a CPU generator seeded by (seed, epoch), so a run is reproducible and
 resumable, and the CPU and GPU see the same augmentations.
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import PAD_FILL, PAD_FILLS, Parser, UserError, add_common_args, check_common_args, run_cli
+from cli import FLIP, FLIPS, PAD_FILL, PAD_FILLS, Parser, UserError, add_common_args, check_common_args, run_cli
 from files import check_figure_path, save_figure
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -200,8 +201,10 @@ class Loader:
     """
 
     def __init__(self, images, labels, batch_size, mean, std, device, train, seed=0, rank=0, world=1,
-                 pad_fill=PAD_FILL, drop_last=False):
-        self.device, self.train, self.seed, self.epoch = torch.device(device), train, seed, 0
+                 pad_fill=PAD_FILL, drop_last=False, flip=FLIP):
+        if flip not in FLIPS:
+            raise UserError(f"--flip must be one of {', '.join(FLIPS)}, got {flip}")
+        self.device, self.train, self.seed, self.epoch, self.flip = torch.device(device), train, seed, 0, flip
         self.batch_size, self.rank, self.world, self.drop_last = batch_size, rank, world, drop_last and train
         self.mean, self.std = mean.to(self.device), std.to(self.device)
         x, y = torch.as_tensor(images).to(self.device), torch.as_tensor(labels).to(self.device)
@@ -223,10 +226,14 @@ class Loader:
                 yield self.x[i:i + self.batch_size], self.labels[i:i + self.batch_size]
             return
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        self.epoch += 1
         order = torch.randperm(self.n, generator=g)
+        draws = draw_augmentation(self.n, g)
+        if self.flip == "alternate":  # airbench: each image flipped in every other epoch, which side first by a coin
+            first = torch.rand(self.n, generator=torch.Generator().manual_seed(self.seed)) < 0.5
+            draws["flip"] = first[order] ^ bool(self.epoch % 2)
+        self.epoch += 1
         order = order.to(self.device, non_blocking=True)
-        draws = {k: v.to(self.device, non_blocking=True) for k, v in draw_augmentation(self.n, g).items()}
+        draws = {k: v.to(self.device, non_blocking=True) for k, v in draws.items()}
         for i in range(0, len(self) * self.batch_size, self.batch_size):
             a, b = shard(min(self.batch_size, self.n - i), self.rank, self.world)  # this process's part
             idx = order[i + a:i + b]
@@ -249,7 +256,7 @@ def split_data(arrays, subset=0, val=0):
 
 
 def make_loaders(arrays, batch_size, device, seed=0, subset=0, val=0, eval_batch_size=1000, rank=0, world=1,
-                 pad_fill=PAD_FILL, drop_last=False):
+                 pad_fill=PAD_FILL, drop_last=False, flip=FLIP):
     """Train and evaluation loaders on `device`. Mean/std come from all loaded training images (never the test set).
     `batch_size` is the global batch; with `world` processes this one yields its slice (see Loader). drop_last
     skips each epoch's partial last batch (its images are the ones the shuffle put last)."""
@@ -262,7 +269,7 @@ def make_loaders(arrays, batch_size, device, seed=0, subset=0, val=0, eval_batch
         raise UserError(f"{len(tx)} training images in batches of {batch_size} leave a last batch, or {len(sx)} "
                         f"evaluation images leave a part, too small for {world} processes: change --subset or --bs")
     train = Loader(tx, ty, batch_size, mean, std, device, train=True, seed=seed, rank=rank, world=world,
-                   pad_fill=pad_fill, drop_last=drop_last)
+                   pad_fill=pad_fill, drop_last=drop_last, flip=flip)
     evaluation = Loader(sx, sy, eval_batch_size, mean, std, device, train=False, rank=rank, world=world)
     evaluation.name = name
     return train, evaluation

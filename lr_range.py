@@ -45,7 +45,7 @@ from ignite.handlers import FastaiLRFinder
 import data
 import engine
 import tblog
-from cli import (INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_recipe_args, add_tensorboard_arg,
+from cli import (FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_recipe_args, add_tensorboard_arg,
                  check_common_args, run_cli)
 from files import check_writable, read_lr_result, save_figure, write_json
 
@@ -84,13 +84,14 @@ class RangeConfig:
     bn_decay: bool = engine.BN_DECAY  # weight decay on the 1-D parameters too (engine.make_optimizer)
     pad_fill: str = PAD_FILL  # data.pad
     init: str = INIT  # the convolutions' initial weights (model.py)
+    flip: str = FLIP  # data.Loader
     tensorboard: bool = False  # also write the curve as TensorBoard events into `out` (tblog.py)
 
 
 # the settings that shape the loss curve: those of the run it is for, and those of the sweep itself
-RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "pad_fill", "init")
+RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "pad_fill", "init", "flip")
 SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge", "rule_version")
-LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero", "init": "default", "rule_version": 1}  # keys older results lack: the values they had
+LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero", "init": "default", "flip": "random", "rule_version": 1}  # keys older results lack: the values they had
 ITERS_PER_DECADE = 10  # the fewest sweep iterations per factor of 10 in LR that still resolve the fall
 MIN_DECADES, MAX_DECADES = 4, 6  # a sweep spans at least 1e-3..10: this network's loss starts to fall near 1e-3
 
@@ -227,7 +228,7 @@ def run_range_test(cfg, arrays=None):
     if arrays is None:
         arrays = data.load_cifar10(cfg.data)
     loader, _ = data.make_loaders(arrays, cfg.bs, cfg.device, cfg.seed, cfg.subset, cfg.val,  # one upload
-                                  pad_fill=cfg.pad_fill)
+                                  pad_fill=cfg.pad_fill, flip=cfg.flip)
     curves = []
     for seed in range(cfg.seed, cfg.seed + cfg.sweeps):  # each sweep: its own initial weights, order and augmentation
         loader.seed, loader.epoch = seed, 0  # the draws a fresh loader with this seed would make
@@ -244,7 +245,7 @@ def run_range_test(cfg, arrays=None):
               "num_iter": cfg.num_iter, "start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "momentum": cfg.momentum,
               "weight_decay": cfg.weight_decay, "width": cfg.width, "bn_decay": cfg.bn_decay,
               "max_backoff": MAX_BACKOFF, "rule_version": cfg.rule_version,
-              "pad_fill": cfg.pad_fill, "init": cfg.init, "diverge": cfg.diverge, "device": cfg.device, "seconds": seconds,
+              "pad_fill": cfg.pad_fill, "init": cfg.init, "flip": cfg.flip, "diverge": cfg.diverge, "device": cfg.device, "seconds": seconds,
               "warning": picked["warning"],
               "sweeps": cfg.sweeps, "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"],
               "sweep_losses": [c[1] for c in curves] if cfg.sweeps > 1 else None, "versions": engine.versions(cfg.device)}
@@ -330,7 +331,7 @@ def main(argv=None):
                       subset=args.subset, val=args.val, num_iter=args.num_iter, start_lr=args.start_lr,
                       end_lr=args.end_lr, sweeps=args.sweeps, width=args.width,
                       weight_decay=args.weight_decay, bn_decay=args.bn_decay, pad_fill=args.pad_fill,
-                      init=args.init, tensorboard=tblog.wanted(args.tensorboard))
+                      init=args.init, flip=args.flip, tensorboard=tblog.wanted(args.tensorboard))
     run_range_test(cfg)
 
 

@@ -35,7 +35,7 @@ import distributed
 import lr_range
 import report
 import tblog
-from cli import (INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_compile_arg, add_recipe_args,
+from cli import (FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_compile_arg, add_recipe_args,
                  add_tensorboard_arg, check_common_args, run_cli)
 from engine import (BN_DECAY, EMA_EVERY, WEIGHT_DECAY, NonFiniteLoss, Stamp, attach_ema, build_model, compile_model,
                     create_evaluator, create_trainer, make_optimizer)
@@ -67,6 +67,7 @@ class Config:
     bn_decay: bool = BN_DECAY  # weight decay on batch-norm weights/biases and the classifier's bias too
     pad_fill: str = PAD_FILL  # the crop's border (data.pad): zero / reflect / mean
     init: str = INIT  # the convolutions' initial weights (model.py): default / dirac
+    flip: str = FLIP  # the horizontal flip (data.Loader): random / alternate
     drop_last: bool = False  # skip each epoch's partial last batch
     compile: str = ""  # "" = eager; else a torch.compile mode from cli.COMPILE_MODES
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
@@ -184,7 +185,7 @@ def settle(cfg, device, rank, world):
     resumed run's own, or resolve_lrs' (on rank 0 alone, the others wait)."""
     arrays = data.load_cifar10(cfg.data)
     train_loader, eval_loader = data.make_loaders(arrays, cfg.bs, device, cfg.seed, cfg.subset, cfg.val, cfg.eval_bs,
-                                                  rank, world, cfg.pad_fill, cfg.drop_last)
+                                                  rank, world, cfg.pad_fill, cfg.drop_last, cfg.flip)
     saved = read_run_config(Path(cfg.out)) if cfg.resume else None
     if saved:
         lrs = saved["lr_min_used"], saved["lr_max_used"], saved["lr_source"]

@@ -3,7 +3,7 @@
 # 5,000) are held out, for the range test too, and each variant trains 24 epochs on the rest, once per seed.
 #   bash scripts/ablate.sh OUT [VARIANT ...]      (default: every variant below; the table at the end)
 #   VARIANT: base | pad_reflect | pad_mean | no_bn_decay | drop_last | mom_cycled (0.95 -> 0.85 -> 0.95)
-#            | mom0.9 (constant, the default since 2026-11-24) | ls0.2 | ema | dirac (identity init) | wdX (weight decay X, e.g. wd2.5e-4)
+#            | mom0.9 (constant, the default since 2026-11-24) | ls0.2 | ema | dirac (identity init) | alt_flip (alternating flip) | wdX (weight decay X, e.g. wd2.5e-4)
 #            | lrmax_xK (LRMAX = K x the found one, e.g. lrmax_x0.5) | lrmin_divK (LRMIN = found / K)
 # SEEDS="0 1" (default) picks the seeds; BASE="..." adds train.py flags to every variant (a setting already
 # chosen); COMMON="..." adds flags to both scripts (--width 0.25 for the CPU twin), RANGE="..." to lr_range.py.
@@ -33,6 +33,7 @@ flags_of() {
     ls0.2) echo "--label-smoothing 0.2" ;;
     ema) echo "--ema-half-life 1.5" ;;
     dirac) echo "--init dirac" ;;
+    alt_flip) echo "--flip alternate" ;;
     wd*) echo "--weight-decay ${1#wd}" ;;
     lrmax_x*) echo "--lr-max $(lr lr_max "${1#lrmax_x}" 1)" ;;
     lrmin_div*) echo "--lr-min $(lr lr_min 1 "${1#lrmin_div}")" ;;

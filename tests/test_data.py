@@ -85,11 +85,32 @@ def test_exactly_one_cut_square_per_image(arrays):
         assert cols.tolist() == list(range(max(cx - 4, 0), min(cx + 4, 32)))
 
 
-def synthetic_loader(n, bs, seed=0):
+def synthetic_loader(n, bs, seed=0, **kwargs):
     images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     ids = torch.arange(n)  # labels carry the image index so we can see which images came
     mean, std = data.channel_stats(images)
-    return data.Loader(images, ids, bs, mean, std, "cpu", train=True, seed=seed)
+    return data.Loader(images, ids, bs, mean, std, "cpu", train=True, seed=seed, **kwargs)
+
+
+def test_alternating_flip_turns_each_image_every_other_epoch(monkeypatch):
+    monkeypatch.setattr(data, "augment", lambda padded, draws, mean, std: (draws["flip"], draws["dy"]))
+
+    def epochs(loader, n=3):  # per epoch: each image's flip and crop row, by image index
+        out = []
+        for _ in range(n):
+            flip, dy = torch.zeros(1000, dtype=torch.bool), torch.zeros(1000, dtype=torch.long)
+            for (f, d), ids in loader:
+                flip[ids], dy[ids] = f, d
+            out.append((flip, dy))
+        return out
+
+    alt, rnd = epochs(synthetic_loader(1000, 256, seed=3, flip="alternate")), epochs(synthetic_loader(1000, 256, seed=3))
+    assert 0.45 < alt[0][0].float().mean() < 0.55  # a coin per image first
+    assert torch.equal(alt[1][0], ~alt[0][0]) and torch.equal(alt[2][0], alt[0][0])  # then the other side, and back
+    assert 0.4 < (rnd[1][0] == rnd[0][0]).float().mean() < 0.6  # the default: a fresh coin every epoch
+    assert all(torch.equal(a[1], r[1]) for a, r in zip(alt, rnd))  # the crops (and cutouts) are drawn as before
+    with pytest.raises(data.UserError, match="--flip must be one of"):
+        synthetic_loader(10, 4, flip="sometimes")
 
 
 def test_train_loader_epochs_cover_all_reshuffle_and_reproduce():
