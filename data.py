@@ -275,6 +275,14 @@ def make_loaders(arrays, batch_size, device, seed=0, subset=0, val=0, eval_batch
     return train, evaluation
 
 
+def plain_train_loader(arrays, train_loader, subset=0, val=0):
+    """The run's training images as they are (no augmentation, in order, normalised like the rest), in the
+    training loader's global batches, whole on every process: what engine.recompute_bn_stats reads."""
+    tx, ty = split_data(arrays, subset, val)[:2]
+    return Loader(tx, ty, train_loader.batch_size, train_loader.mean, train_loader.std, train_loader.device,
+                  train=False)
+
+
 # ---------------------------------------------------------------------------------------------- the grid
 
 

@@ -99,6 +99,28 @@ def create_evaluator(model, device, tta=False):
     return evaluator
 
 
+@torch.no_grad()
+def recompute_bn_stats(model, batches, device):
+    """Every batch-norm layer's running mean and variance replaced by the plain average of its batch statistics
+    over `batches` (weights untouched): the statistics of what those batches hold, not a momentum-0.1 trail of the
+    augmented batches seen while the weights were still moving."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # None: a cumulative average over the batches
+    was_training = model.training
+    model.train()
+    try:
+        for x, _ in batches:
+            with autocast(device):
+                model(x)
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+
+
 def ema_momentum(half_life_epochs, iters_per_epoch):
     """Ignite's EMAHandler momentum (the weight of the CURRENT weights per update) for a half-life in epochs."""
     updates = half_life_epochs * iters_per_epoch / EMA_EVERY

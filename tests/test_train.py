@@ -275,6 +275,23 @@ def test_compiled_model_keeps_static_shapes_after_the_partial_batch():
     torch._dynamo.reset()
 
 
+def test_recomputed_bn_statistics_are_the_average_over_the_batches():
+    import model
+
+    torch.manual_seed(0)
+    net = model.ResNet9(width=0.125).eval()
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [(torch.randn(8, 3, 32, 32) * 2 + 1, None) for _ in range(3)]
+    engine.recompute_bn_stats(net, batches, "cpu")
+    conv, bn = net.prep[0], net.prep[1]
+    with torch.no_grad():
+        outs = [conv(x) for x, _ in batches]
+    torch.testing.assert_close(bn.running_mean, torch.stack([o.mean((0, 2, 3)) for o in outs]).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack([o.var((0, 2, 3)) for o in outs]).mean(0))  # unbiased
+    assert bn.momentum == 0.1 and not net.training  # put back as they were
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in weights.items())  # the weights untouched
+
+
 def test_ema_half_life_in_epochs():
     m = engine.ema_momentum(2.0, 100)  # 2 epochs of 100 iterations = 40 updates
     assert (1 - m) ** (2.0 * 100 / engine.EMA_EVERY) == pytest.approx(0.5)  # the old weights' share halves
