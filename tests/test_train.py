@@ -309,6 +309,19 @@ def test_summarize_prints_the_seed_table(smoke_run):
 
 
 @pytest.mark.slow
+def test_bn_recal_reproduces_the_run_then_recomputes(smoke_run, tmp_path):
+    out, _ = smoke_run
+    r = run_script("scripts/bn_recal.py", "--data", DATA, "--out", tmp_path / "recal.json", out)
+    assert r.returncode == 0, r.stderr
+    got = json.loads((tmp_path / "recal.json").read_text())
+    row = got["runs"][0]
+    assert row["as trained"] == json.loads((out / "metrics.json").read_text())["final"]["accuracy"]
+    assert 0 <= row["clean"] <= 1 and 0 <= row["augmented"] <= 1 and set(got["paired"]) == {"clean", "augmented"}
+    r = run_script("scripts/bn_recal.py", "--data", DATA, "--out", tmp_path / "x.json", tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1  # not a run folder: one line
+
+
+@pytest.mark.slow
 def test_summarize_groups_ablation_variants(smoke_run, tmp_path):
     out, _ = smoke_run
     for name in ("base-s0", "base-s1", "ema-s0"):
