@@ -6,10 +6,9 @@ Loading: DIR holds `cifar10_train.npz` + `cifar10_test.npz` (arrays `images` uin
 torchvision's `cifar-10-batches-py`; with neither, torchvision's download is tried once.
 Augmentation (training only), per image, in one pass over a batch on the device:
 RandomCrop(32) of the image zero-padded by 4 -> horizontal flip (p=0.5; or `flip="alternate"`: every other
-epoch) -> Cutout 8x8 (centre uniform over the
-image, clipped at the border, filled with the channel mean = 0 after normalisation) -> normalise with the training
-set's mean/std. The random draws come from a CPU generator seeded by (seed, epoch), so a run is reproducible and
-resumable, and the CPU and GPU see the same augmentations.
+epoch) -> Cutout 8x8 (centre uniform over the image, clipped at the border, filled with the channel mean = 0 after
+normalisation) -> normalise with the training set's mean/std. The random draws come from a CPU generator seeded
+by (seed, epoch), so a run is reproducible and resumable, and the CPU and GPU see the same augmentations.
 Epochs: every training image once per epoch in a fresh order; the last batch is partial (50,000 / 512 -> 98
 iterations, the 98th has 336 images) rather than dropped, so no image is skipped in any epoch.
 """

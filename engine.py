@@ -27,8 +27,8 @@ def autocast(device):
 
 
 def build_model(seed, device, width=1.0, init=INIT):
-    """The ResNet-9 (channels x width) with seeded initial weights (model.INITS), on `device` in the layout it runs
-    fastest."""
+    """The ResNet-9 (channels x width) with seeded initial weights (`init`: one of cli.INITS), on `device` in the
+    layout it runs fastest."""
     torch.manual_seed(seed)
     model = ResNet9(width=width, init=init).to(device)
     if gpu_path(device):

@@ -45,8 +45,8 @@ from ignite.handlers import FastaiLRFinder
 import data
 import engine
 import tblog
-from cli import (FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_recipe_args, add_tensorboard_arg,
-                 check_common_args, run_cli)
+from cli import (FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_recipe_args,
+                 add_tensorboard_arg, check_common_args, run_cli)
 from files import check_writable, read_lr_result, save_figure, write_json
 
 SMOOTH_FRACTION = 0.1  # moving-average window, as a fraction of the points recorded
@@ -91,7 +91,8 @@ class RangeConfig:
 # the settings that shape the loss curve: those of the run it is for, and those of the sweep itself
 RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "pad_fill", "init", "flip")
 SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge", "rule_version")
-LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero", "init": "default", "flip": "random", "rule_version": 1}  # keys older results lack: the values they had
+# keys older results lack: the values they had
+LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero", "init": "default", "flip": "random", "rule_version": 1}
 ITERS_PER_DECADE = 10  # the fewest sweep iterations per factor of 10 in LR that still resolve the fall
 MIN_DECADES, MAX_DECADES = 4, 6  # a sweep spans at least 1e-3..10: this network's loss starts to fall near 1e-3
 
@@ -245,8 +246,8 @@ def run_range_test(cfg, arrays=None):
               "num_iter": cfg.num_iter, "start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "momentum": cfg.momentum,
               "weight_decay": cfg.weight_decay, "width": cfg.width, "bn_decay": cfg.bn_decay,
               "max_backoff": MAX_BACKOFF, "rule_version": cfg.rule_version,
-              "pad_fill": cfg.pad_fill, "init": cfg.init, "flip": cfg.flip, "diverge": cfg.diverge, "device": cfg.device, "seconds": seconds,
-              "warning": picked["warning"],
+              "pad_fill": cfg.pad_fill, "init": cfg.init, "flip": cfg.flip, "diverge": cfg.diverge,
+              "device": cfg.device, "seconds": seconds, "warning": picked["warning"],
               "sweeps": cfg.sweeps, "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"],
               "sweep_losses": [c[1] for c in curves] if cfg.sweeps > 1 else None, "versions": engine.versions(cfg.device)}
     import matplotlib.pyplot as plt
