@@ -255,9 +255,12 @@ def train(cfg):
 # ---------------------------------------------------------------------------------------------- command line
 
 
-def read_run_config(run_dir):
-    """The config.json of a run to resume, or one line saying why it cannot be."""
-    config = read_json(run_dir / "config.json", "run configuration", "this run cannot be resumed; start a new one")
+CANNOT_RESUME = "this run cannot be resumed; start a new one"
+
+
+def read_run_config(run_dir, fix=CANNOT_RESUME):
+    """The config.json of a run to resume (or to read), or one line saying why it cannot be, and `fix`."""
+    config = read_json(run_dir / "config.json", "run configuration", fix)
     missing = [k for k in ("lr_min_used", "lr_max_used", "lr_source", "epochs", "bs") if k not in config]
     if missing:
         raise UserError(f"{run_dir / 'config.json'}: not a train.py run configuration, it lacks {', '.join(missing)}")
@@ -269,6 +272,13 @@ def read_run_config(run_dir):
             raise UserError(f"{run_dir / 'config.json'}: {f.name} must be {' or '.join(t.__name__ for t in want)}, "
                             f"got {v!r}")
     return config
+
+
+def saved_config(run_dir, fix=CANNOT_RESUME):
+    """The Config of a run from its config.json; settings older runs lack take their defaults."""
+    saved = read_run_config(run_dir, fix)
+    fields = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in saved.items() if k in fields})
 
 
 def parse_args(argv=None):
@@ -313,10 +323,7 @@ def config_from_args(args):
         raise UserError(f"--resume {out}: no config.json there, so no run to continue")
     check_writable(out or "runs", "folder")
     if args.resume:  # the run's own settings; only the device may change
-        saved = read_run_config(Path(out))
-        fields = {f.name for f in dataclasses.fields(Config)}
-        cfg = Config(**{k: v for k, v in saved.items() if k in fields})
-        return dataclasses.replace(cfg, resume=out, device=args.device, out=out)
+        return dataclasses.replace(saved_config(Path(out)), resume=out, device=args.device, out=out)
     fields = {f.name for f in dataclasses.fields(Config)} - {"out", "resume"}
     return Config(out=out, momentum_max=args.momentum[0], momentum_min=args.momentum[1],
                   **{k: v for k, v in vars(args).items() if k in fields})

@@ -18,35 +18,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
 import engine  # noqa: E402
 from cli import Parser, UserError, run_cli  # noqa: E402
-from files import latest_checkpoint, load_checkpoint, read_json, write_json  # noqa: E402
+from files import latest_checkpoint, load_checkpoint, write_json  # noqa: E402
 from summarize import paired_difference  # noqa: E402
+from train import saved_config  # noqa: E402
 
 VARIANTS = ("clean", "augmented")  # where the recomputed statistics come from
 
 
 def evaluate_run(run_dir, arrays, device="cpu"):
     """{"as trained": accuracy, "clean": ..., "augmented": ...} of one finished run on its evaluation split."""
-    cfg = read_json(run_dir / "config.json", "run configuration", "is it a train.py run folder?")
+    cfg = saved_config(run_dir, "is it a finished train.py run folder?")
     ckpt = latest_checkpoint(run_dir)
-    if ckpt is None or int(ckpt.stem.split("_")[-1]) != cfg["epochs"]:
-        raise UserError(f"{run_dir}: no checkpoint of its last epoch ({cfg['epochs']})")
+    if ckpt is None or int(ckpt.stem.split("_")[-1]) != cfg.epochs:
+        raise UserError(f"{run_dir}: no checkpoint of its last epoch ({cfg.epochs})")
     weights = load_checkpoint(ckpt, device)["model"]
-    train_loader, eval_loader = data.make_loaders(arrays, cfg["bs"], device, cfg["seed"], cfg["subset"], cfg["val"],
-                                                  pad_fill=cfg.get("pad_fill", "zero"),
-                                                  flip=cfg.get("flip", "random"))
-    train_loader.epoch = cfg["epochs"]  # the augmented pass is the draw of one epoch more
-    model = engine.build_model(cfg["seed"], device, cfg.get("width", 1.0), cfg.get("init", "default"))
+    train_loader, eval_loader = data.make_loaders(arrays, cfg.bs, device, cfg.seed, cfg.subset, cfg.val,
+                                                  pad_fill=cfg.pad_fill, flip=cfg.flip)
+    train_loader.epoch = cfg.epochs  # the augmented pass is the draw of one epoch more
+    model = engine.build_model(cfg.seed, device, cfg.width, cfg.init)
     out = {}
     for variant in ("as trained",) + VARIANTS:
         model.load_state_dict(weights)
         if variant != "as trained":
             batches = train_loader if variant == "augmented" else data.plain_train_loader(arrays, train_loader,
-                                                                                          cfg["subset"], cfg["val"])
+                                                                                          cfg.subset, cfg.val)
             engine.recompute_bn_stats(model, batches, device)
         evaluator = engine.create_evaluator(model, device)
         evaluator.run(eval_loader)
         out[variant] = evaluator.state.metrics["accuracy"]
-    return {"run": str(run_dir), "seed": cfg["seed"], "eval_set": eval_loader.name, **out}
+    return {"run": str(run_dir), "seed": cfg.seed, "eval_set": eval_loader.name, **out}
 
 
 def main(argv=None):
