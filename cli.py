@@ -92,6 +92,9 @@ def add_recipe_args(p, d):
     p.add_argument("--flip", default=d.flip, choices=FLIPS,
                    help="the horizontal flip: a coin per image per epoch, or alternate (a coin per image in the first "
                    f"epoch, the other side in the next, and so on, as in airbench) (default: {d.flip})")
+    p.add_argument("--logit-scale", type=float, default=d.logit_scale, metavar="S",
+                   help="multiply the classifier's output by S before the softmax (David Page's trick; a larger S "
+                   f"lets the last layer learn faster and grow more confident) (default: {d.logit_scale:g})")
     p.add_argument("--init", default=d.init, choices=INITS,
                    help="the convolutions' initial weights: PyTorch's Kaiming-uniform, or dirac (the first filters "
                    f"of each conv pass their input channel through, as in airbench) (default: {d.init})")
@@ -117,6 +120,9 @@ def check_common_args(args, slow=True):
         raise UserError(f"--width must be a positive number, got {width}")
     if not getattr(args, "weight_decay", 0) >= 0:
         raise UserError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    scale = getattr(args, "logit_scale", 1.0)
+    if not (scale > 0 and math.isfinite(scale)):
+        raise UserError(f"--logit-scale must be a positive number, got {scale}")
     if not hasattr(args, "bs"):
         return
     if args.bs <= 0:

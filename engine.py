@@ -10,7 +10,7 @@ from ignite.handlers import EMAHandler
 from ignite.metrics import Accuracy, Loss
 
 from cli import INIT, UserError
-from model import ResNet9
+from model import LOGIT_SCALE, ResNet9
 
 EMA_EVERY = 5  # iterations between EMA updates: 1/5 of the launch overhead, the same average over ~epochs
 
@@ -26,11 +26,11 @@ def autocast(device):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=gpu_path(device))
 
 
-def build_model(seed, device, width=1.0, init=INIT):
-    """The ResNet-9 (channels x width) with seeded initial weights (`init`: one of cli.INITS), on `device` in the
-    layout it runs fastest."""
+def build_model(seed, device, width=1.0, init=INIT, logit_scale=LOGIT_SCALE):
+    """The ResNet-9 (channels x width, logits x logit_scale) with seeded initial weights (`init`: one of
+    cli.INITS), on `device` in the layout it runs fastest."""
     torch.manual_seed(seed)
-    model = ResNet9(width=width, init=init).to(device)
+    model = ResNet9(width=width, init=init, logit_scale=logit_scale).to(device)
     if gpu_path(device):
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once and keep the fastest

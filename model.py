@@ -60,6 +60,8 @@ class ResNet9(nn.Module):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if not (logit_scale > 0 and math.isfinite(logit_scale)):
+            raise ValueError(f"logit_scale must be a positive number, got {logit_scale}")
         c0, c1, c2, c3 = channels(width)
         self.width = width
         self.prep = ConvBN(3, c0)

@@ -37,7 +37,7 @@ import report
 import tblog
 from cli import (FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_compile_arg, add_recipe_args,
                  add_tensorboard_arg, check_common_args, run_cli)
-from engine import (BN_DECAY, EMA_EVERY, WEIGHT_DECAY, NonFiniteLoss, Stamp, attach_ema, build_model, compile_model,
+from engine import (BN_DECAY, EMA_EVERY, LOGIT_SCALE, WEIGHT_DECAY, NonFiniteLoss, Stamp, attach_ema, build_model, compile_model,
                     create_evaluator, create_trainer, make_optimizer)
 from files import SafeDiskSaver, check_writable, fresh_run_dir, latest_checkpoint, load_checkpoint, read_json
 from schedule import MOMENTUM_MAX, MOMENTUM_MIN, attach_one_cycle, one_cycle_milestones
@@ -67,6 +67,7 @@ class Config:
     bn_decay: bool = BN_DECAY  # weight decay on batch-norm weights/biases and the classifier's bias too
     pad_fill: str = PAD_FILL  # the crop's border (data.pad): zero / reflect / mean
     init: str = INIT  # the convolutions' initial weights (model.py): default / dirac
+    logit_scale: float = LOGIT_SCALE  # the classifier's output multiplier (model.py)
     flip: str = FLIP  # the horizontal flip (data.Loader): random / alternate
     drop_last: bool = False  # skip each epoch's partial last batch
     compile: str = ""  # "" = eager; else a torch.compile mode from cli.COMPILE_MODES
@@ -139,7 +140,7 @@ def resolve_lrs(cfg, arrays):
 
 def build_engines(cfg, device, n_iter, lr_min, lr_max):
     """The model, optimizer, trainer with its schedules (and EMA), the evaluator, and what a checkpoint holds."""
-    raw = build_model(cfg.seed, device, cfg.width, cfg.init)
+    raw = build_model(cfg.seed, device, cfg.width, cfg.init, cfg.logit_scale)
     model = compile_model(distributed.wrap_model(raw, device, cfg.sync_bn), cfg.compile)
     optimizer = make_optimizer(raw, lr_min, cfg.momentum_max, cfg.weight_decay, cfg.bn_decay)
     trainer = create_trainer(model, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device)

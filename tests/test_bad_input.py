@@ -161,6 +161,7 @@ ROWS = [  # (script, argv, setup, what the one line must say)
     ("train.py", [*TINY, "--width", "0"], NONE, "--width must be a positive number"),
     ("train.py", [*TINY, "--width", "nan"], NONE, "--width must be a positive number"),
     ("train.py", [*TINY, "--weight-decay", "-1"], NONE, "--weight-decay must be >= 0"),
+    ("lr_range.py", [*CPU, "--logit-scale", "0"], NONE, "--logit-scale must be a positive number"),
     ("train.py", [*TINY, "--pad-fill", "blue"], NONE, "invalid choice: 'blue'"),
     ("train.py", [*TINY, "--epochs", "many"], NONE, "invalid int value: 'many'"),
     ("train.py", [*TINY, "--subset", "-5"], NONE, "--subset must be >= 0"),

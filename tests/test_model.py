@@ -81,6 +81,20 @@ def test_dirac_init_passes_the_input_through_the_first_filters():
         model.ResNet9(init="zeros")
 
 
+def test_logit_scale_multiplies_the_logits_and_nothing_else():
+    torch.manual_seed(0)
+    page = model.ResNet9(width=0.25).eval()
+    torch.manual_seed(0)
+    larger = model.ResNet9(width=0.25, logit_scale=0.25).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(larger(x), 2 * page(x))  # the same weights, twice the logits
+    assert model.LOGIT_SCALE == 0.125 and page.logit_scale == model.LOGIT_SCALE  # David Page's, the default
+    for bad in (0, -0.125, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="logit_scale must be a positive number"):
+            model.ResNet9(logit_scale=bad)
+
+
 @pytest.mark.slow
 def test_cli_width_table_and_bad_width():
     r = run_script("model.py", "--width", "0.25")
