@@ -15,6 +15,8 @@ INITS = ("default", "dirac")  # the convolutions' initial weights (model.dirac_i
 INIT = "default"
 FLIPS = ("random", "alternate")  # the horizontal flip (data.Loader); FLIP, the default
 FLIP = "random"
+CUTOUTS = ("clip", "inside")  # where cutout's square may fall (data.draw_augmentation); CUTOUT_MODE, the default
+CUTOUT_MODE = "clip"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
@@ -92,6 +94,9 @@ def add_recipe_args(p, d):
     p.add_argument("--flip", default=d.flip, choices=FLIPS,
                    help="the horizontal flip: a coin per image per epoch, or alternate (a coin per image in the first "
                    f"epoch, the other side in the next, and so on, as in airbench) (default: {d.flip})")
+    p.add_argument("--cutout", default=d.cutout, choices=CUTOUTS,
+                   help="cutout's 8x8 square: centred anywhere on the image and clipped at its border (DeVries and "
+                   f"Taylor's), or always whole inside it (David Page's) (default: {d.cutout})")
     p.add_argument("--logit-scale", type=float, default=d.logit_scale, metavar="S",
                    help="multiply the classifier's output by S before the softmax (David Page's trick; a larger S "
                    f"lets the last layer learn faster and grow more confident) (default: {d.logit_scale:g})")

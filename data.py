@@ -6,9 +6,10 @@ Loading: DIR holds `cifar10_train.npz` + `cifar10_test.npz` (arrays `images` uin
 torchvision's `cifar-10-batches-py`; with neither, torchvision's download is tried once.
 Augmentation (training only), per image, in one pass over a batch on the device:
 RandomCrop(32) of the image zero-padded by 4 -> horizontal flip (p=0.5; or `flip="alternate"`: every other
-epoch) -> Cutout 8x8 (centre uniform over the image, clipped at the border, filled with the channel mean = 0 after
-normalisation) -> normalise with the training set's mean/std. The random draws come from a CPU generator seeded
-by (seed, epoch), so a run is reproducible and resumable, and the CPU and GPU see the same augmentations.
+epoch) -> Cutout 8x8 (centre uniform over the image, clipped at the border; or `cutout="inside"`: always whole
+inside it; filled with the channel mean = 0 after normalisation) -> normalise with the training set's mean/std.
+The random draws come from a CPU generator seeded by (seed, epoch), so a run is reproducible and resumable, and
+the CPU and GPU see the same augmentations.
 Epochs: every training image once per epoch in a fresh order; the last batch is partial (50,000 / 512 -> 98
 iterations, the 98th has 336 images) rather than dropped, so no image is skipped in any epoch.
 """
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import FLIP, FLIPS, PAD_FILL, PAD_FILLS, Parser, UserError, add_common_args, check_common_args, run_cli
+from cli import (CUTOUT_MODE, CUTOUTS, FLIP, FLIPS, PAD_FILL, PAD_FILLS, Parser, UserError, add_common_args,
+                 check_common_args, run_cli)
 from files import check_figure_path, save_figure
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -132,11 +134,14 @@ def channel_stats(images):
     return mean, std
 
 
-def draw_augmentation(n, generator):
-    """The random draws for n images: crop offsets in 0..2*PAD, flip flags, cutout centres in 0..CROP-1."""
+def draw_augmentation(n, generator, cutout=CUTOUT_MODE):
+    """The random draws for n images: crop offsets in 0..2*PAD, flip flags, cutout centres in 0..CROP-1 (`clip`:
+    the square is cut off at the border, 56.25 pixels on average) or in CUTOUT/2..CROP-CUTOUT/2 (`inside`: the
+    square is always whole, 64 pixels). Both draw as many numbers, so the draws after them do not change."""
     offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
-    centre = torch.randint(0, CROP, (n, 2), generator=generator)
+    lo, hi = (0, CROP) if cutout == "clip" else (CUTOUT // 2, CROP - CUTOUT // 2 + 1)
+    centre = torch.randint(lo, hi, (n, 2), generator=generator)
     return {"dy": offsets[:, 0], "dx": offsets[:, 1], "flip": flip, "cy": centre[:, 0], "cx": centre[:, 1]}
 
 
@@ -200,9 +205,12 @@ class Loader:
     """
 
     def __init__(self, images, labels, batch_size, mean, std, device, train, seed=0, rank=0, world=1,
-                 pad_fill=PAD_FILL, drop_last=False, flip=FLIP):
+                 pad_fill=PAD_FILL, drop_last=False, flip=FLIP, cutout=CUTOUT_MODE):
         if flip not in FLIPS:
             raise UserError(f"--flip must be one of {', '.join(FLIPS)}, got {flip}")
+        if cutout not in CUTOUTS:
+            raise UserError(f"--cutout must be one of {', '.join(CUTOUTS)}, got {cutout}")
+        self.cutout = cutout
         self.device, self.train, self.seed, self.epoch, self.flip = torch.device(device), train, seed, 0, flip
         self.batch_size, self.rank, self.world, self.drop_last = batch_size, rank, world, drop_last and train
         self.mean, self.std = mean.to(self.device), std.to(self.device)
@@ -226,7 +234,7 @@ class Loader:
             return
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g)
-        draws = draw_augmentation(self.n, g)
+        draws = draw_augmentation(self.n, g, self.cutout)
         if self.flip == "alternate":  # airbench: each image flipped in every other epoch, which side first by a coin
             first = torch.rand(self.n, generator=torch.Generator().manual_seed(self.seed)) < 0.5
             draws["flip"] = first[order] ^ bool(self.epoch % 2)
@@ -255,7 +263,7 @@ def split_data(arrays, subset=0, val=0):
 
 
 def make_loaders(arrays, batch_size, device, seed=0, subset=0, val=0, eval_batch_size=1000, rank=0, world=1,
-                 pad_fill=PAD_FILL, drop_last=False, flip=FLIP):
+                 pad_fill=PAD_FILL, drop_last=False, flip=FLIP, cutout=CUTOUT_MODE):
     """Train and evaluation loaders on `device`. Mean/std come from all loaded training images (never the test set).
     `batch_size` is the global batch; with `world` processes this one yields its slice (see Loader). drop_last
     skips each epoch's partial last batch (its images are the ones the shuffle put last)."""
@@ -268,7 +276,7 @@ def make_loaders(arrays, batch_size, device, seed=0, subset=0, val=0, eval_batch
         raise UserError(f"{len(tx)} training images in batches of {batch_size} leave a last batch, or {len(sx)} "
                         f"evaluation images leave a part, too small for {world} processes: change --subset or --bs")
     train = Loader(tx, ty, batch_size, mean, std, device, train=True, seed=seed, rank=rank, world=world,
-                   pad_fill=pad_fill, drop_last=drop_last, flip=flip)
+                   pad_fill=pad_fill, drop_last=drop_last, flip=flip, cutout=cutout)
     evaluation = Loader(sx, sy, eval_batch_size, mean, std, device, train=False, rank=rank, world=world)
     evaluation.name = name
     return train, evaluation

@@ -45,7 +45,7 @@ from ignite.handlers import FastaiLRFinder
 import data
 import engine
 import tblog
-from cli import (FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_recipe_args,
+from cli import (CUTOUT_MODE, FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_recipe_args,
                  add_tensorboard_arg, check_common_args, run_cli)
 from files import check_writable, read_lr_result, save_figure, write_json
 
@@ -86,15 +86,17 @@ class RangeConfig:
     init: str = INIT  # the convolutions' initial weights (model.py)
     logit_scale: float = engine.LOGIT_SCALE  # the classifier's output multiplier (model.py)
     flip: str = FLIP  # data.Loader
+    cutout: str = CUTOUT_MODE  # data.draw_augmentation
     tensorboard: bool = False  # also write the curve as TensorBoard events into `out` (tblog.py)
 
 
 # the settings that shape the loss curve: those of the run it is for, and those of the sweep itself
-RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "pad_fill", "init", "flip", "logit_scale")
+RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "pad_fill", "init", "flip", "logit_scale",
+            "cutout")
 SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge", "rule_version")
 # keys older results lack: the values they had
-LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero", "init": "default", "flip": "random", "logit_scale": engine.LOGIT_SCALE,
-          "rule_version": 1}
+LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero", "init": "default", "flip": "random",
+          "logit_scale": engine.LOGIT_SCALE, "cutout": "clip", "rule_version": 1}
 ITERS_PER_DECADE = 10  # the fewest sweep iterations per factor of 10 in LR that still resolve the fall
 MIN_DECADES, MAX_DECADES = 4, 6  # a sweep spans at least 1e-3..10: this network's loss starts to fall near 1e-3
 
@@ -231,7 +233,7 @@ def run_range_test(cfg, arrays=None):
     if arrays is None:
         arrays = data.load_cifar10(cfg.data)
     loader, _ = data.make_loaders(arrays, cfg.bs, cfg.device, cfg.seed, cfg.subset, cfg.val,  # one upload
-                                  pad_fill=cfg.pad_fill, flip=cfg.flip)
+                                  pad_fill=cfg.pad_fill, flip=cfg.flip, cutout=cfg.cutout)
     curves = []
     for seed in range(cfg.seed, cfg.seed + cfg.sweeps):  # each sweep: its own initial weights, order and augmentation
         loader.seed, loader.epoch = seed, 0  # the draws a fresh loader with this seed would make
@@ -249,7 +251,7 @@ def run_range_test(cfg, arrays=None):
               "weight_decay": cfg.weight_decay, "width": cfg.width, "bn_decay": cfg.bn_decay,
               "max_backoff": MAX_BACKOFF, "rule_version": cfg.rule_version,
               "pad_fill": cfg.pad_fill, "init": cfg.init, "flip": cfg.flip,
-              "logit_scale": cfg.logit_scale, "diverge": cfg.diverge,
+              "logit_scale": cfg.logit_scale, "cutout": cfg.cutout, "diverge": cfg.diverge,
               "device": cfg.device, "seconds": seconds, "warning": picked["warning"],
               "sweeps": cfg.sweeps, "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"],
               "sweep_losses": [c[1] for c in curves] if cfg.sweeps > 1 else None, "versions": engine.versions(cfg.device)}
@@ -335,7 +337,8 @@ def main(argv=None):
                       subset=args.subset, val=args.val, num_iter=args.num_iter, start_lr=args.start_lr,
                       end_lr=args.end_lr, sweeps=args.sweeps, width=args.width,
                       weight_decay=args.weight_decay, bn_decay=args.bn_decay, pad_fill=args.pad_fill,
-                      init=args.init, flip=args.flip, logit_scale=args.logit_scale, tensorboard=tblog.wanted(args.tensorboard))
+                      init=args.init, flip=args.flip, logit_scale=args.logit_scale,
+                      cutout=args.cutout, tensorboard=tblog.wanted(args.tensorboard))
     run_range_test(cfg)
 
 

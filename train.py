@@ -35,8 +35,8 @@ import distributed
 import lr_range
 import report
 import tblog
-from cli import (FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_compile_arg, add_recipe_args,
-                 add_tensorboard_arg, check_common_args, run_cli)
+from cli import (CUTOUT_MODE, FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_compile_arg,
+                 add_recipe_args, add_tensorboard_arg, check_common_args, run_cli)
 from engine import (BN_DECAY, EMA_EVERY, LOGIT_SCALE, WEIGHT_DECAY, NonFiniteLoss, Stamp, attach_ema, build_model, compile_model,
                     create_evaluator, create_trainer, make_optimizer)
 from files import SafeDiskSaver, check_writable, fresh_run_dir, latest_checkpoint, load_checkpoint, read_json
@@ -69,6 +69,7 @@ class Config:
     init: str = INIT  # the convolutions' initial weights (model.py): default / dirac
     logit_scale: float = LOGIT_SCALE  # the classifier's output multiplier (model.py)
     flip: str = FLIP  # the horizontal flip (data.Loader): random / alternate
+    cutout: str = CUTOUT_MODE  # where cutout's square may fall (data.draw_augmentation): clip / inside
     drop_last: bool = False  # skip each epoch's partial last batch
     compile: str = ""  # "" = eager; else a torch.compile mode from cli.COMPILE_MODES
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
@@ -186,7 +187,8 @@ def settle(cfg, device, rank, world):
     resumed run's own, or resolve_lrs' (on rank 0 alone, the others wait)."""
     arrays = data.load_cifar10(cfg.data)
     train_loader, eval_loader = data.make_loaders(arrays, cfg.bs, device, cfg.seed, cfg.subset, cfg.val, cfg.eval_bs,
-                                                  rank, world, cfg.pad_fill, cfg.drop_last, cfg.flip)
+                                                  rank, world, cfg.pad_fill, cfg.drop_last, cfg.flip,
+                                                  cfg.cutout)
     saved = read_run_config(Path(cfg.out)) if cfg.resume else None
     if saved:
         lrs = saved["lr_min_used"], saved["lr_max_used"], saved["lr_source"]

@@ -163,6 +163,7 @@ ROWS = [  # (script, argv, setup, what the one line must say)
     ("train.py", [*TINY, "--weight-decay", "-1"], NONE, "--weight-decay must be >= 0"),
     ("lr_range.py", [*CPU, "--logit-scale", "0"], NONE, "--logit-scale must be a positive number"),
     ("train.py", [*TINY, "--pad-fill", "blue"], NONE, "invalid choice: 'blue'"),
+    ("lr_range.py", [*CPU, "--cutout", "half"], NONE, "invalid choice: 'half'"),
     ("train.py", [*TINY, "--epochs", "many"], NONE, "invalid int value: 'many'"),
     ("train.py", [*TINY, "--subset", "-5"], NONE, "--subset must be >= 0"),
     ("train.py", [*TINY, "--val", "400"], NONE, "--val 400 leaves no training images"),

@@ -85,6 +85,22 @@ def test_exactly_one_cut_square_per_image(arrays):
         assert cols.tolist() == list(range(max(cx - 4, 0), min(cx + 4, 32)))
 
 
+def test_cutout_inside_keeps_the_square_whole(arrays):
+    clip = data.draw_augmentation(5000, torch.Generator().manual_seed(4))
+    inside = data.draw_augmentation(5000, torch.Generator().manual_seed(4), cutout="inside")
+    for key in ("dy", "dx", "flip"):  # the crops and flips are drawn as before
+        assert torch.equal(clip[key], inside[key])
+    for key in ("cy", "cx"):  # David Page's: the square's top-left corner in 0..24, so its centre in 4..28
+        assert inside[key].min() == 4 and inside[key].max() == 28
+    images = torch.as_tensor(arrays[0][:200])
+    mean, std = data.channel_stats(arrays[0])
+    padded = torch.nn.functional.pad(images, (0, 0, 4, 4, 4, 4))
+    x = data.augment(padded, {k: v[:200] for k, v in inside.items()}, mean, std)
+    assert ((x == 0).all(1).sum((1, 2)) == 64).all()  # every image loses a whole 8x8 square
+    with pytest.raises(data.UserError, match="--cutout must be one of"):
+        synthetic_loader(10, 4, cutout="half")
+
+
 def synthetic_loader(n, bs, seed=0, **kwargs):
     images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     ids = torch.arange(n)  # labels carry the image index so we can see which images came
