@@ -333,12 +333,10 @@ def main(argv=None):
     check_writable(args.out, "folder")
     if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 alone runs the test
         return
-    cfg = RangeConfig(data=args.data, out=args.out, device=args.device, seed=args.seed, bs=args.bs,
-                      subset=args.subset, val=args.val, num_iter=args.num_iter, start_lr=args.start_lr,
-                      end_lr=args.end_lr, sweeps=args.sweeps, width=args.width,
-                      weight_decay=args.weight_decay, bn_decay=args.bn_decay, pad_fill=args.pad_fill,
-                      init=args.init, flip=args.flip, logit_scale=args.logit_scale,
-                      cutout=args.cutout, tensorboard=tblog.wanted(args.tensorboard))
+    # the run's settings by RUN_KEYS, as train.resolve_lrs passes them, so a new recipe flag needs no line here
+    cfg = RangeConfig(data=args.data, out=args.out, device=args.device, seed=args.seed, num_iter=args.num_iter,
+                      start_lr=args.start_lr, end_lr=args.end_lr, sweeps=args.sweeps,
+                      tensorboard=tblog.wanted(args.tensorboard), **{k: getattr(args, k) for k in RUN_KEYS})
     run_range_test(cfg)
 
 
