@@ -100,6 +100,9 @@ def add_recipe_args(p, d):
     p.add_argument("--logit-scale", type=float, default=d.logit_scale, metavar="S",
                    help="multiply the classifier's output by S before the softmax (David Page's trick; a larger S "
                    f"lets the last layer learn faster and grow more confident) (default: {d.logit_scale:g})")
+    p.add_argument("--ghost-bn", type=int, default=d.ghost_bn, metavar="N",
+                   help="batch norm takes its training statistics from groups of N images of the batch (ghost batch "
+                   "norm, from David Page's bag of tricks; evaluation unchanged) (default: 0 = the whole batch)")
     p.add_argument("--init", default=d.init, choices=INITS,
                    help="the convolutions' initial weights: PyTorch's Kaiming-uniform, or dirac (the first filters "
                    f"of each conv pass their input channel through, as in airbench) (default: {d.init})")
@@ -128,6 +131,8 @@ def check_common_args(args, slow=True):
     scale = getattr(args, "logit_scale", 1.0)
     if not (scale > 0 and math.isfinite(scale)):
         raise UserError(f"--logit-scale must be a positive number, got {scale}")
+    if getattr(args, "ghost_bn", 0) < 0:
+        raise UserError(f"--ghost-bn must be >= 0 (0 = the whole batch), got {args.ghost_bn}")
     if not hasattr(args, "bs"):
         return
     if args.bs <= 0:

@@ -26,11 +26,19 @@ def autocast(device):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=gpu_path(device))
 
 
-def build_model(seed, device, width=1.0, init=INIT, logit_scale=LOGIT_SCALE):
-    """The ResNet-9 (channels x width, logits x logit_scale) with seeded initial weights (`init`: one of
-    cli.INITS), on `device` in the layout it runs fastest."""
+# the settings of a run (train.Config, lr_range.RangeConfig) that shape the network: model.ResNet9's arguments
+NET_KEYS = ("width", "init", "logit_scale", "ghost_bn")
+
+
+def net_args(cfg):
+    return {k: getattr(cfg, k) for k in NET_KEYS}
+
+
+def build_model(seed, device, width=1.0, init=INIT, logit_scale=LOGIT_SCALE, ghost_bn=0):
+    """The ResNet-9 (channels x width, logits x logit_scale, `init`: one of cli.INITS, ghost batch norm over groups
+    of ghost_bn images) with seeded initial weights, on `device` in the layout it runs fastest."""
     torch.manual_seed(seed)
-    model = ResNet9(width=width, init=init, logit_scale=logit_scale).to(device)
+    model = ResNet9(width=width, init=init, logit_scale=logit_scale, ghost_bn=ghost_bn).to(device)
     if gpu_path(device):
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once and keep the fastest

@@ -87,16 +87,17 @@ class RangeConfig:
     logit_scale: float = engine.LOGIT_SCALE  # the classifier's output multiplier (model.py)
     flip: str = FLIP  # data.Loader
     cutout: str = CUTOUT_MODE  # data.draw_augmentation
+    ghost_bn: int = 0  # model.GhostBatchNorm2d
     tensorboard: bool = False  # also write the curve as TensorBoard events into `out` (tblog.py)
 
 
 # the settings that shape the loss curve: those of the run it is for, and those of the sweep itself
 RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "pad_fill", "init", "flip", "logit_scale",
-            "cutout")
+            "cutout", "ghost_bn")
 SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge", "rule_version")
 # keys older results lack: the values they had
 LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero", "init": "default", "flip": "random",
-          "logit_scale": engine.LOGIT_SCALE, "cutout": "clip", "rule_version": 1}
+          "logit_scale": engine.LOGIT_SCALE, "cutout": "clip", "ghost_bn": 0, "rule_version": 1}
 ITERS_PER_DECADE = 10  # the fewest sweep iterations per factor of 10 in LR that still resolve the fall
 MIN_DECADES, MAX_DECADES = 4, 6  # a sweep spans at least 1e-3..10: this network's loss starts to fall near 1e-3
 
@@ -237,7 +238,7 @@ def run_range_test(cfg, arrays=None):
     curves = []
     for seed in range(cfg.seed, cfg.seed + cfg.sweeps):  # each sweep: its own initial weights, order and augmentation
         loader.seed, loader.epoch = seed, 0  # the draws a fresh loader with this seed would make
-        model = engine.build_model(seed, cfg.device, cfg.width, cfg.init, cfg.logit_scale)
+        model = engine.build_model(seed, cfg.device, **engine.net_args(cfg))
         optimizer = engine.make_optimizer(model, cfg.start_lr, cfg.momentum, cfg.weight_decay, cfg.bn_decay)
         curves.append(sweep(cfg, model, optimizer, loader))
     if cfg.device == "cuda":
@@ -246,12 +247,8 @@ def run_range_test(cfg, arrays=None):
     lrs, losses = mean_curve(curves)
     picked = pick_lrs(lrs, losses)
     result = {"lr_min": picked["lr_min"], "lr_max": picked["lr_max"], "lr_valley": picked["lr_valley"],
-              "rule": RULE, "seed": cfg.seed, "bs": cfg.bs, "subset": cfg.subset, "val": cfg.val,
-              "num_iter": cfg.num_iter, "start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "momentum": cfg.momentum,
-              "weight_decay": cfg.weight_decay, "width": cfg.width, "bn_decay": cfg.bn_decay,
-              "max_backoff": MAX_BACKOFF, "rule_version": cfg.rule_version,
-              "pad_fill": cfg.pad_fill, "init": cfg.init, "flip": cfg.flip,
-              "logit_scale": cfg.logit_scale, "cutout": cfg.cutout, "diverge": cfg.diverge,
+              "rule": RULE, "seed": cfg.seed, "max_backoff": MAX_BACKOFF,
+              **{k: getattr(cfg, k) for k in RUN_KEYS + SWEEP_KEYS},  # what reuse is checked against
               "device": cfg.device, "seconds": seconds, "warning": picked["warning"],
               "sweeps": cfg.sweeps, "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"],
               "sweep_losses": [c[1] for c in curves] if cfg.sweeps > 1 else None, "versions": engine.versions(cfg.device)}

@@ -14,6 +14,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cli import INIT, INITS, Parser, add_width_arg, check_common_args, run_cli
 
@@ -22,24 +23,54 @@ from cli import INIT, INITS, Parser, add_width_arg, check_common_args, run_cli
 LOGIT_SCALE = 0.125
 
 
+class GhostBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm whose training-time statistics come from groups of `group` images of the batch instead of the
+    whole batch (Hoffer et al.'s ghost batch norm, in David Page's bag of tricks: noisier statistics regularise).
+    The same parameters and buffers as nn.BatchNorm2d; the running averages take the mean of the groups' mean and
+    variance, what each group was normalised with; evaluation is plain batch norm."""
+
+    def __init__(self, c, group):
+        super().__init__(c)
+        self.group = group
+
+    def forward(self, x):
+        if not self.training or x.shape[0] <= self.group:
+            return super().forward(x)
+        out, stats = [], []
+        for chunk in x.split(self.group):  # the partial last batch ends in a smaller group
+            mean_var = self.running_mean.new_zeros(2, self.num_features)  # momentum 1 below: the group's own stats
+            out.append(F.batch_norm(chunk, mean_var[0], mean_var[1], self.weight, self.bias, True, 1.0, self.eps))
+            stats.append(mean_var)
+        with torch.no_grad():
+            mean, var = torch.stack(stats).mean(0)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var, self.momentum)
+            self.num_batches_tracked.add_(1)
+        return torch.cat(out)
+
+
+def batch_norm(c, ghost_bn=0):
+    return GhostBatchNorm2d(c, ghost_bn) if ghost_bn else nn.BatchNorm2d(c)
+
+
 class ConvBN(nn.Sequential):
     """conv3x3 (no bias: BN follows) -> [MaxPool2] -> BN -> ReLU."""
 
-    def __init__(self, c_in, c_out, pool=False):
+    def __init__(self, c_in, c_out, pool=False, ghost_bn=0):
         layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
         if pool:
             layers.append(nn.MaxPool2d(2))
-        layers += [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        layers += [batch_norm(c_out, ghost_bn), nn.ReLU(inplace=True)]
         super().__init__(*layers)
 
 
 class Residual(nn.Module):
     """x + (conv-BN-ReLU -> conv-BN-ReLU)(x)."""
 
-    def __init__(self, c):
+    def __init__(self, c, ghost_bn=0):
         super().__init__()
-        self.res1 = ConvBN(c, c)
-        self.res2 = ConvBN(c, c)
+        self.res1 = ConvBN(c, c, ghost_bn=ghost_bn)
+        self.res2 = ConvBN(c, c, ghost_bn=ghost_bn)
 
     def forward(self, x):
         return x + self.res2(self.res1(x))
@@ -54,20 +85,24 @@ def channels(width=1.0):
 
 class ResNet9(nn.Module):
     """width 1 is the exercise's network; width W multiplies every channel count by W (the "CPU twin" is 0.25:
-    the same depth, schedule and data at 1/16 of the compute)."""
+    the same depth, schedule and data at 1/16 of the compute). ghost_bn N > 0: every batch norm takes its
+    training statistics from groups of N images (GhostBatchNorm2d); 0, the whole batch."""
 
-    def __init__(self, num_classes=10, logit_scale=LOGIT_SCALE, width=1.0, init=INIT):
+    def __init__(self, num_classes=10, logit_scale=LOGIT_SCALE, width=1.0, init=INIT, ghost_bn=0):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if not (logit_scale > 0 and math.isfinite(logit_scale)):
             raise ValueError(f"logit_scale must be a positive number, got {logit_scale}")
+        if not (isinstance(ghost_bn, int) and ghost_bn >= 0):
+            raise ValueError(f"ghost_bn must be an integer >= 0, got {ghost_bn!r}")
         c0, c1, c2, c3 = channels(width)
         self.width = width
-        self.prep = ConvBN(3, c0)
-        self.layer1 = nn.Sequential(ConvBN(c0, c1, pool=True), Residual(c1))
-        self.layer2 = ConvBN(c1, c2, pool=True)
-        self.layer3 = nn.Sequential(ConvBN(c2, c3, pool=True), Residual(c3))
+        g = ghost_bn
+        self.prep = ConvBN(3, c0, ghost_bn=g)
+        self.layer1 = nn.Sequential(ConvBN(c0, c1, pool=True, ghost_bn=g), Residual(c1, g))
+        self.layer2 = ConvBN(c1, c2, pool=True, ghost_bn=g)
+        self.layer3 = nn.Sequential(ConvBN(c2, c3, pool=True, ghost_bn=g), Residual(c3, g))
         self.pool = nn.MaxPool2d(4)
         self.fc = nn.Linear(c3, num_classes)
         self.logit_scale = logit_scale

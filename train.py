@@ -13,9 +13,8 @@ come from lr_range.json (lr_range.py), which this script runs itself when none w
 Under torchrun, --bs is the global batch (distributed.py); only rank 0 prints and writes.
 
 A run writes into --out (default: a fresh runs/YYYYmmdd-HHMMSS): config.json, metrics.json, curves.png, lr.png,
-misclassified.png, confusion.png, checkpoint_<epoch>.pt, TensorBoard event files (tblog.py) and, when it ran the
-range test itself, lr_range/; `--resume DIR` continues a killed run exactly. `--width 0.25` is the CPU twin.
-"""
+misclassified.png, confusion.png, checkpoint_<epoch>.pt, TensorBoard event files (tblog.py) and, when it ran the range
+test itself, lr_range/; `--resume DIR` continues a killed run exactly. `--width 0.25` is the CPU twin."""
 import dataclasses
 import logging
 import math
@@ -28,7 +27,7 @@ import ignite.distributed as idist
 import torch
 import torch.nn as nn
 from ignite.engine import Events
-from ignite.handlers import Checkpoint
+from ignite.handlers import Checkpoint, ProgressBar
 
 import data
 import distributed
@@ -38,7 +37,7 @@ import tblog
 from cli import (CUTOUT_MODE, FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_compile_arg,
                  add_recipe_args, add_tensorboard_arg, check_common_args, run_cli)
 from engine import (BN_DECAY, EMA_EVERY, LOGIT_SCALE, WEIGHT_DECAY, NonFiniteLoss, Stamp, attach_ema, build_model, compile_model,
-                    create_evaluator, create_trainer, make_optimizer)
+                    create_evaluator, create_trainer, make_optimizer, net_args)
 from files import SafeDiskSaver, check_writable, fresh_run_dir, latest_checkpoint, load_checkpoint, read_json
 from schedule import MOMENTUM_MAX, MOMENTUM_MIN, attach_one_cycle, one_cycle_milestones
 
@@ -70,6 +69,7 @@ class Config:
     logit_scale: float = LOGIT_SCALE  # the classifier's output multiplier (model.py)
     flip: str = FLIP  # the horizontal flip (data.Loader): random / alternate
     cutout: str = CUTOUT_MODE  # where cutout's square may fall (data.draw_augmentation): clip / inside
+    ghost_bn: int = 0  # >0: batch-norm training statistics over groups of this many images (model.py)
     drop_last: bool = False  # skip each epoch's partial last batch
     compile: str = ""  # "" = eager; else a torch.compile mode from cli.COMPILE_MODES
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
@@ -102,6 +102,8 @@ def check_config(cfg, world=1):
         raise UserError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.save_every <= 0 or cfg.eval_bs <= 0 or cfg.val < 0:
         raise UserError("--save-every and --eval-bs must be positive, --val >= 0")
+    if cfg.sync_bn and cfg.ghost_bn:
+        raise UserError("--ghost-bn and --sync-bn exclude each other (statistics over groups / over all processes)")
     distributed.check_batch(cfg.bs, world)
     tblog.wanted(cfg.tensorboard)
 
@@ -141,7 +143,7 @@ def resolve_lrs(cfg, arrays):
 
 def build_engines(cfg, device, n_iter, lr_min, lr_max):
     """The model, optimizer, trainer with its schedules (and EMA), the evaluator, and what a checkpoint holds."""
-    raw = build_model(cfg.seed, device, cfg.width, cfg.init, cfg.logit_scale)
+    raw = build_model(cfg.seed, device, **net_args(cfg))
     model = compile_model(distributed.wrap_model(raw, device, cfg.sync_bn), cfg.compile)
     optimizer = make_optimizer(raw, lr_min, cfg.momentum_max, cfg.weight_decay, cfg.bn_decay)
     trainer = create_trainer(model, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device)
@@ -230,8 +232,6 @@ def train(cfg):
     tb = tblog.attach_run(trainer, run_dir, history, trace, n_iter, config, done) \
         if rank == 0 and tblog.wanted(cfg.tensorboard) else None
     if sys.stderr.isatty() and rank == 0:
-        from ignite.handlers import ProgressBar
-
         ProgressBar(persist=False).attach(trainer)
 
     t_loop = time.perf_counter()

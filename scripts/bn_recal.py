@@ -35,7 +35,7 @@ def evaluate_run(run_dir, arrays, device="cpu"):
     train_loader, eval_loader = data.make_loaders(arrays, cfg.bs, device, cfg.seed, cfg.subset, cfg.val,
                                                   pad_fill=cfg.pad_fill, flip=cfg.flip, cutout=cfg.cutout)
     train_loader.epoch = cfg.epochs  # the augmented pass is the draw of one epoch more
-    model = engine.build_model(cfg.seed, device, cfg.width, cfg.init, cfg.logit_scale)
+    model = engine.build_model(cfg.seed, device, **engine.net_args(cfg))
     out = {}
     for variant in ("as trained",) + VARIANTS:
         model.load_state_dict(weights)

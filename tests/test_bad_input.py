@@ -164,6 +164,8 @@ ROWS = [  # (script, argv, setup, what the one line must say)
     ("lr_range.py", [*CPU, "--logit-scale", "0"], NONE, "--logit-scale must be a positive number"),
     ("train.py", [*TINY, "--pad-fill", "blue"], NONE, "invalid choice: 'blue'"),
     ("lr_range.py", [*CPU, "--cutout", "half"], NONE, "invalid choice: 'half'"),
+    ("lr_range.py", [*CPU, "--ghost-bn", "-32"], NONE, "--ghost-bn must be >= 0"),
+    ("train.py", [*TINY, "--ghost-bn", "32", "--sync-bn"], NONE, "--ghost-bn and --sync-bn exclude each other"),
     ("train.py", [*TINY, "--epochs", "many"], NONE, "invalid int value: 'many'"),
     ("train.py", [*TINY, "--subset", "-5"], NONE, "--subset must be >= 0"),
     ("train.py", [*TINY, "--val", "400"], NONE, "--val 400 leaves no training images"),

@@ -2,7 +2,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+import engine
 import model
+import train
 from conftest import run_script
 
 
@@ -101,3 +103,42 @@ def test_cli_width_table_and_bad_width():
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "Total params: 412,954", r.stderr
     r = run_script("model.py", "--width", "0")
     assert r.returncode == 2 and r.stderr.strip() == "model.py: error: --width must be a positive number, got 0.0"
+
+
+def test_ghost_batch_norm_normalises_each_group_by_its_own_statistics():
+    torch.manual_seed(0)
+    x = torch.randn(70, 4, 5, 5) * 3 + 1  # groups of 32, 32 and a partial 6
+    ghost = model.GhostBatchNorm2d(4, 32)
+    with torch.no_grad():
+        ghost.weight.uniform_(0.5, 2)
+        ghost.bias.uniform_(-1, 1)
+    plain = torch.nn.BatchNorm2d(4)
+    plain.load_state_dict(ghost.state_dict())  # the same parameters and buffers, so checkpoints load either way
+    groups = x.split(32)
+    mean = torch.stack([g.mean((0, 2, 3)) for g in groups])
+    var = torch.stack([g.var((0, 2, 3), unbiased=False) for g in groups])
+    want = torch.cat([(g - m[:, None, None]) / (v[:, None, None] + ghost.eps).sqrt() for g, m, v in zip(groups, mean, var)])
+    want = want * ghost.weight[:, None, None] + ghost.bias[:, None, None]
+    torch.testing.assert_close(ghost(x), want)
+    unbiased = torch.stack([g.var((0, 2, 3)) for g in groups])
+    torch.testing.assert_close(ghost.running_mean, 0.1 * mean.mean(0))  # the groups' statistics, averaged
+    torch.testing.assert_close(ghost.running_var, 0.9 + 0.1 * unbiased.mean(0))
+    ghost.eval(), plain.eval()
+    plain.load_state_dict(ghost.state_dict())
+    torch.testing.assert_close(ghost(x), plain(x))  # evaluation is plain batch norm
+    ghost.train(), plain.train()
+    torch.testing.assert_close(ghost(x[:32]), plain(x[:32]))  # one group or less: the whole batch
+
+
+def test_ghost_bn_changes_no_weight_and_reaches_the_network_from_a_run_config():
+    torch.manual_seed(0)
+    plain = model.ResNet9(width=0.25)
+    torch.manual_seed(0)
+    ghost = engine.build_model(0, "cpu", **engine.net_args(train.Config(width=0.25, ghost_bn=16)))
+    assert sum(isinstance(m, model.GhostBatchNorm2d) and m.group == 16 for m in ghost.modules()) == 8
+    assert not any(isinstance(m, model.GhostBatchNorm2d) for m in plain.modules())
+    for (k, a), (k2, b) in zip(plain.state_dict().items(), ghost.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)  # the same parameters, buffers and initial weights
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="ghost_bn must be an integer >= 0"):
+            model.ResNet9(ghost_bn=bad)
