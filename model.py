@@ -43,9 +43,11 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
             stats.append(mean_var)
         with torch.no_grad():
             mean, var = torch.stack(stats).mean(0)
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var, self.momentum)
             self.num_batches_tracked.add_(1)
+            # momentum None (engine.recompute_bn_stats): a cumulative average, as nn.BatchNorm2d keeps then
+            weight = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked.item()
+            self.running_mean.lerp_(mean, weight)
+            self.running_var.lerp_(var, weight)
         return torch.cat(out)
 
 

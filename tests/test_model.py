@@ -128,6 +128,9 @@ def test_ghost_batch_norm_normalises_each_group_by_its_own_statistics():
     torch.testing.assert_close(ghost(x), plain(x))  # evaluation is plain batch norm
     ghost.train(), plain.train()
     torch.testing.assert_close(ghost(x[:32]), plain(x[:32]))  # one group or less: the whole batch
+    engine.recompute_bn_stats(ghost, [(x, None), (x[:64], None)], "cpu")  # momentum None: the plain average
+    second = torch.stack([g.mean((0, 2, 3)) for g in x[:64].split(32)]).mean(0)
+    torch.testing.assert_close(ghost.running_mean, (mean.mean(0) + second) / 2)
 
 
 def test_ghost_bn_changes_no_weight_and_reaches_the_network_from_a_run_config():
