@@ -250,7 +250,7 @@ def run_range_test(cfg, arrays=None):
               "rule": RULE, "seed": cfg.seed, "max_backoff": MAX_BACKOFF,
               **{k: getattr(cfg, k) for k in RUN_KEYS + SWEEP_KEYS},  # what reuse is checked against
               "device": cfg.device, "seconds": seconds, "warning": picked["warning"],
-              "sweeps": cfg.sweeps, "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"],
+              "lrs": lrs, "losses": losses, "smoothed": picked["smoothed"],
               "sweep_losses": [c[1] for c in curves] if cfg.sweeps > 1 else None, "versions": engine.versions(cfg.device)}
     import matplotlib.pyplot as plt
 
