@@ -134,6 +134,14 @@ def channel_stats(images):
     return mean, std
 
 
+# the settings of a run (train.Config, lr_range.RangeConfig) that shape the training images: make_loaders' arguments
+AUG_KEYS = ("pad_fill", "flip", "cutout")
+
+
+def aug_args(cfg):
+    return {k: getattr(cfg, k) for k in AUG_KEYS}
+
+
 def draw_augmentation(n, generator, cutout=CUTOUT_MODE):
     """The random draws for n images: crop offsets in 0..2*PAD, flip flags, cutout centres in 0..CROP-1 (`clip`:
     the square is cut off at the border, 56.25 pixels on average) or in CUTOUT/2..CROP-CUTOUT/2 (`inside`: the

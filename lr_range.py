@@ -234,7 +234,7 @@ def run_range_test(cfg, arrays=None):
     if arrays is None:
         arrays = data.load_cifar10(cfg.data)
     loader, _ = data.make_loaders(arrays, cfg.bs, cfg.device, cfg.seed, cfg.subset, cfg.val,  # one upload
-                                  pad_fill=cfg.pad_fill, flip=cfg.flip, cutout=cfg.cutout)
+                                  **data.aug_args(cfg))
     curves = []
     for seed in range(cfg.seed, cfg.seed + cfg.sweeps):  # each sweep: its own initial weights, order and augmentation
         loader.seed, loader.epoch = seed, 0  # the draws a fresh loader with this seed would make

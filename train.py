@@ -189,7 +189,7 @@ def settle(cfg, device, rank, world):
     resumed run's own, or resolve_lrs' (on rank 0 alone, the others wait)."""
     arrays = data.load_cifar10(cfg.data)
     train_loader, eval_loader = data.make_loaders(arrays, cfg.bs, device, cfg.seed, cfg.subset, cfg.val, cfg.eval_bs,
-                                                  rank, world, cfg.pad_fill, cfg.drop_last, cfg.flip, cfg.cutout)
+                                                  rank, world, drop_last=cfg.drop_last, **data.aug_args(cfg))
     saved = read_run_config(Path(cfg.out)) if cfg.resume else None
     if saved:
         lrs = saved["lr_min_used"], saved["lr_max_used"], saved["lr_source"]

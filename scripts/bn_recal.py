@@ -33,7 +33,7 @@ def evaluate_run(run_dir, arrays, device="cpu"):
         raise UserError(f"{run_dir}: no checkpoint of its last epoch ({cfg.epochs})")
     weights = load_checkpoint(ckpt, device)["model"]
     train_loader, eval_loader = data.make_loaders(arrays, cfg.bs, device, cfg.seed, cfg.subset, cfg.val,
-                                                  pad_fill=cfg.pad_fill, flip=cfg.flip, cutout=cfg.cutout)
+                                                  **data.aug_args(cfg))
     train_loader.epoch = cfg.epochs  # the augmented pass is the draw of one epoch more
     model = engine.build_model(cfg.seed, device, **engine.net_args(cfg))
     out = {}
