@@ -89,6 +89,9 @@ def add_recipe_args(p, d):
     p.add_argument("--bn-decay", action=argparse.BooleanOptionalAction, default=d.bn_decay,
                    help="weight decay on batch-norm weights and biases and the classifier's bias too "
                    f"(default: {'on' if d.bn_decay else 'off'})")
+    p.add_argument("--bn-lr-scale", type=float, default=d.bn_lr_scale, metavar="K",
+                   help="train batch-norm weights and biases and the classifier's bias at K x the LR, their weight "
+                   f"decay / K (airbench's bias scaler; the decay per step stays the same) (default: {d.bn_lr_scale:g})")
     p.add_argument("--pad-fill", default=d.pad_fill, choices=PAD_FILLS,
                    help=f"the crop's 4-pixel border: black, the mirrored image, or the channel mean (default: {d.pad_fill})")
     p.add_argument("--flip", default=d.flip, choices=FLIPS,
@@ -131,6 +134,9 @@ def check_common_args(args, slow=True):
     scale = getattr(args, "logit_scale", 1.0)
     if not (scale > 0 and math.isfinite(scale)):
         raise UserError(f"--logit-scale must be a positive number, got {scale}")
+    bn_lr_scale = getattr(args, "bn_lr_scale", 1.0)
+    if not (bn_lr_scale > 0 and math.isfinite(bn_lr_scale)):
+        raise UserError(f"--bn-lr-scale must be a positive number, got {bn_lr_scale}")
     if getattr(args, "ghost_bn", 0) < 0:
         raise UserError(f"--ghost-bn must be >= 0 (0 = the whole batch), got {args.ghost_bn}")
     if not hasattr(args, "bs"):

@@ -56,16 +56,27 @@ def compile_model(model, mode, backend="inductor"):
 # The optimizer's defaults, for train.py and lr_range.py alike (the range test must see the run's training step).
 WEIGHT_DECAY = 5e-4
 BN_DECAY = True  # decay the 1-D parameters too
+BN_LR_SCALE = 1.0  # the 1-D parameters' LR / the convolutions' LR
 
 
-def make_optimizer(model, lr, momentum=0.9, weight_decay=WEIGHT_DECAY, bn_decay=BN_DECAY):
-    """SGD with Nesterov momentum. bn_decay=False exempts the 1-D parameters (batch-norm weights and biases, the
-    classifier's bias) from weight decay: a second parameter group, which every scheduler drives like the first."""
+def make_optimizer(model, lr, momentum=0.9, weight_decay=WEIGHT_DECAY, bn_decay=BN_DECAY, bn_lr_scale=BN_LR_SCALE):
+    """SGD with Nesterov momentum. The 1-D parameters (batch-norm weights and biases, the classifier's bias) form a
+    second group when bn_decay=False (no weight decay on them) or bn_lr_scale != 1: their LR is then bn_lr_scale x
+    the first group's at every step (airbench's bias scaler), and their decay / bn_lr_scale, so that the decay's
+    pull per step (LR x decay) stays the same."""
     params = list(model.parameters())
-    if not bn_decay:
+    if not bn_decay or bn_lr_scale != 1:
         params = [{"params": [p for p in params if p.ndim > 1]},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+                  {"params": [p for p in params if p.ndim <= 1], "lr": lr * bn_lr_scale, "lr_scale": bn_lr_scale,
+                   "weight_decay": weight_decay / bn_lr_scale if bn_decay else 0.0}]
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+
+
+def follow_lr(optimizer):
+    """Every group with an lr_scale runs at the first group's LR (which the schedulers set) x that scale."""
+    for group in optimizer.param_groups[1:]:
+        if "lr_scale" in group:  # others keep whatever LR they were given
+            group["lr"] = optimizer.param_groups[0]["lr"] * group["lr_scale"]
 
 
 def create_trainer(model, optimizer, loss_fn, device):
@@ -80,6 +91,7 @@ def create_trainer(model, optimizer, loss_fn, device):
             loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        follow_lr(optimizer)  # here, after every scheduler of this iteration has set the LR
         optimizer.step()
         return {"loss": loss.detach(), "correct": (logits.argmax(1) == y).sum(), "n": len(y)}
 

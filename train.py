@@ -36,8 +36,8 @@ import report
 import tblog
 from cli import (CUTOUT_MODE, FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_compile_arg,
                  add_recipe_args, add_tensorboard_arg, check_common_args, run_cli)
-from engine import (BN_DECAY, EMA_EVERY, LOGIT_SCALE, WEIGHT_DECAY, NonFiniteLoss, Stamp, attach_ema, build_model, compile_model,
-                    create_evaluator, create_trainer, make_optimizer, net_args)
+from engine import (BN_DECAY, BN_LR_SCALE, EMA_EVERY, LOGIT_SCALE, WEIGHT_DECAY, NonFiniteLoss, Stamp, attach_ema,
+                    build_model, compile_model, create_evaluator, create_trainer, make_optimizer, net_args)
 from files import SafeDiskSaver, check_writable, fresh_run_dir, latest_checkpoint, load_checkpoint, read_json
 from schedule import MOMENTUM_MAX, MOMENTUM_MIN, attach_one_cycle, one_cycle_milestones
 
@@ -64,6 +64,7 @@ class Config:
     eval_bs: int = 1000
     width: float = 1.0  # channel multiplier (model.py): 1 = the exercise's network, 0.25 = the CPU twin
     bn_decay: bool = BN_DECAY  # weight decay on batch-norm weights/biases and the classifier's bias too
+    bn_lr_scale: float = BN_LR_SCALE  # their LR / the convolutions' LR (engine.make_optimizer)
     pad_fill: str = PAD_FILL  # the crop's border (data.pad): zero / reflect / mean
     init: str = INIT  # the convolutions' initial weights (model.py): default / dirac
     logit_scale: float = LOGIT_SCALE  # the classifier's output multiplier (model.py)
@@ -145,7 +146,7 @@ def build_engines(cfg, device, n_iter, lr_min, lr_max):
     """The model, optimizer, trainer with its schedules (and EMA), the evaluator, and what a checkpoint holds."""
     raw = build_model(cfg.seed, device, **net_args(cfg))
     model = compile_model(distributed.wrap_model(raw, device, cfg.sync_bn), cfg.compile)
-    optimizer = make_optimizer(raw, lr_min, cfg.momentum_max, cfg.weight_decay, cfg.bn_decay)
+    optimizer = make_optimizer(raw, lr_min, cfg.momentum_max, cfg.weight_decay, cfg.bn_decay, cfg.bn_lr_scale)
     trainer = create_trainer(model, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device)
     lr_ms, mom_ms = one_cycle_milestones(n_iter, cfg.epochs, cfg.peak_epoch, lr_min, lr_max, cfg.momentum_max,
                                          cfg.momentum_min)
@@ -288,8 +289,7 @@ def parse_args(argv=None):
     add_common_args(p, out_default="runs/<timestamp>", out_help="run folder; must not hold an earlier run")
     d = Config()
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs (default: 24)")
-    p.add_argument("--peak-epoch", type=int, default=d.peak_epoch,
-                   help="epoch whose last iteration runs at LRMAX (default: 5)")
+    p.add_argument("--peak-epoch", type=int, default=d.peak_epoch, help="epoch whose last iteration runs at LRMAX (default: 5)")
     p.add_argument("--lr-min", type=float, default=None, help="LRMIN, start and end of the cycle (default: from the LR range test)")
     p.add_argument("--lr-max", type=float, default=None, help="LRMAX, the peak (default: from the LR range test)")
     p.add_argument("--lr-json", default=d.lr_json, help="range-test result to take LRMIN/LRMAX from, when made with "

@@ -6,6 +6,7 @@
 #            | mom0.9 (constant, the default since 2026-11-24) | ls0.2 | ema | dirac (identity init) | alt_flip (alternating flip) | wdX (weight decay X, e.g. wd2.5e-4)
 #            | logitX (logits x X instead of x0.125, e.g. logit0.25) | cutout_inside (the square always whole)
 #            | ghostN (ghost batch norm over groups of N images, e.g. ghost32)
+#            | bnlrK (batch-norm weights and biases at K x the LR, their decay / K, e.g. bnlr8)
 #            | lrmax_xK (LRMAX = K x the found one, e.g. lrmax_x0.5) | lrmin_divK (LRMIN = found / K)
 # SEEDS="0 1" (default) picks the seeds; BASE="..." adds train.py flags to every variant (a setting already
 # chosen); COMMON="..." adds flags to both scripts (--width 0.25 for the CPU twin), RANGE="..." to lr_range.py.
@@ -40,6 +41,7 @@ flags_of() {
     logit*) echo "--logit-scale ${1#logit}" ;;
     cutout_inside) echo "--cutout inside" ;;
     ghost*) echo "--ghost-bn ${1#ghost}" ;;
+    bnlr*) echo "--bn-lr-scale ${1#bnlr}" ;;
     lrmax_x*) echo "--lr-max $(lr lr_max "${1#lrmax_x}" 1)" ;;
     lrmin_div*) echo "--lr-min $(lr lr_min 1 "${1#lrmin_div}")" ;;
     *) echo "ablate.sh: unknown variant $1" >&2; return 2 ;;

@@ -18,15 +18,17 @@ def one_cycle(it, peak, last, start, top):
 
 
 def train_plain(epoch_batches, iters_per_epoch, epochs, peak_epoch, lr_min, lr_max, seed=0, width=1.0,
-                momentum=(0.9, 0.9), weight_decay=5e-4, bn_decay=True, label_smoothing=0.0, evaluate=None):
+                momentum=(0.9, 0.9), weight_decay=5e-4, bn_decay=True, bn_lr_scale=1.0, label_smoothing=0.0,
+                evaluate=None):
     """Train from the weights ResNet9 gets after torch.manual_seed(seed). `epoch_batches()` returns one epoch's
-    (images, labels) batches; `evaluate(model)`, if given, runs after every epoch. Returns (model, per-epoch
-    [(train loss, train accuracy, evaluate's result)])."""
+    (images, labels) batches; `evaluate(model)`, if given, runs after every epoch. The 1-D parameters (batch-norm
+    weights and biases, the classifier's bias) run at bn_lr_scale x the LR with weight decay / bn_lr_scale, or none
+    without bn_decay. Returns (model, per-epoch [(train loss, train accuracy, evaluate's result)])."""
     torch.manual_seed(seed)
     model = ResNet9(width=width)
-    decayed = [p for p in model.parameters() if bn_decay or p.ndim > 1]
-    exempt = [p for p in model.parameters() if not (bn_decay or p.ndim > 1)]
-    groups = [{"params": decayed}] + ([{"params": exempt, "weight_decay": 0.0}] if exempt else [])
+    groups = [{"params": [p for p in model.parameters() if p.ndim > 1], "scale": 1.0},
+              {"params": [p for p in model.parameters() if p.ndim <= 1], "scale": bn_lr_scale,
+               "weight_decay": weight_decay / bn_lr_scale if bn_decay else 0.0}]
     optimizer = torch.optim.SGD(groups, lr=lr_min, momentum=momentum[0], nesterov=True, weight_decay=weight_decay)
     peak, last, it, history = peak_epoch * iters_per_epoch, epochs * iters_per_epoch, 0, []
     for _ in range(epochs):
@@ -34,7 +36,7 @@ def train_plain(epoch_batches, iters_per_epoch, epochs, peak_epoch, lr_min, lr_m
         for x, y in epoch_batches():
             it += 1
             for group in optimizer.param_groups:
-                group["lr"] = one_cycle(it, peak, last, lr_min, lr_max)
+                group["lr"] = one_cycle(it, peak, last, lr_min, lr_max) * group["scale"]
                 group["momentum"] = one_cycle(it, peak, last, momentum[0], momentum[1])
             model.train()
             logits = model(x)

@@ -165,6 +165,7 @@ ROWS = [  # (script, argv, setup, what the one line must say)
     ("train.py", [*TINY, "--pad-fill", "blue"], NONE, "invalid choice: 'blue'"),
     ("lr_range.py", [*CPU, "--cutout", "half"], NONE, "invalid choice: 'half'"),
     ("lr_range.py", [*CPU, "--ghost-bn", "-32"], NONE, "--ghost-bn must be >= 0"),
+    ("train.py", [*TINY, "--bn-lr-scale", "0"], NONE, "--bn-lr-scale must be a positive number"),
     ("train.py", [*TINY, "--ghost-bn", "32", "--sync-bn"], NONE, "--ghost-bn and --sync-bn exclude each other"),
     ("train.py", [*TINY, "--epochs", "many"], NONE, "invalid int value: 'many'"),
     ("train.py", [*TINY, "--subset", "-5"], NONE, "--subset must be >= 0"),
