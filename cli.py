@@ -126,17 +126,12 @@ def add_compile_arg(p, what="the model"):
 def check_common_args(args, slow=True):
     """The flags add_common_args and add_width_arg declare (whichever a script has). A --device left to its default
     becomes cuda when torch sees a GPU; for a `slow` script, falling back to the CPU is said in one line."""
-    width = getattr(args, "width", 1.0)
-    if not (width > 0 and math.isfinite(width)):
-        raise UserError(f"--width must be a positive number, got {width}")
+    for name in ("width", "logit_scale", "bn_lr_scale"):  # multipliers: positive and finite
+        value = getattr(args, name, 1.0)
+        if not (value > 0 and math.isfinite(value)):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     if not getattr(args, "weight_decay", 0) >= 0:
         raise UserError(f"--weight-decay must be >= 0, got {args.weight_decay}")
-    scale = getattr(args, "logit_scale", 1.0)
-    if not (scale > 0 and math.isfinite(scale)):
-        raise UserError(f"--logit-scale must be a positive number, got {scale}")
-    bn_lr_scale = getattr(args, "bn_lr_scale", 1.0)
-    if not (bn_lr_scale > 0 and math.isfinite(bn_lr_scale)):
-        raise UserError(f"--bn-lr-scale must be a positive number, got {bn_lr_scale}")
     if getattr(args, "ghost_bn", 0) < 0:
         raise UserError(f"--ghost-bn must be >= 0 (0 = the whole batch), got {args.ghost_bn}")
     if not hasattr(args, "bs"):
