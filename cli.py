@@ -13,6 +13,7 @@ PAD_FILLS = ("zero", "reflect", "mean")  # what the random crop sees beyond the 
 PAD_FILL = "zero"  # the default
 INITS = ("default", "dirac")  # the convolutions' initial weights (model.dirac_init); INIT, the default
 INIT = "default"
+BN_WEIGHTS = ("learned", "frozen")  # batch-norm weights trained, or held at 1 (model.ResNet9)
 FLIPS = ("random", "alternate")  # the horizontal flip (data.Loader); FLIP, the default
 FLIP = "random"
 CUTOUTS = ("clip", "inside")  # where cutout's square may fall (data.draw_augmentation); CUTOUT_MODE, the default
@@ -92,6 +93,9 @@ def add_recipe_args(p, d):
     p.add_argument("--bn-lr-scale", type=float, default=d.bn_lr_scale, metavar="K",
                    help="train batch-norm weights and biases and the classifier's bias at K x the LR, their weight "
                    f"decay / K (airbench's bias scaler; the decay per step stays the same) (default: {d.bn_lr_scale:g})")
+    p.add_argument("--bn-weight", default=d.bn_weight, choices=BN_WEIGHTS,
+                   help="batch-norm weights trained, or frozen at 1 (as in airbench, where only the biases train) "
+                   f"(default: {d.bn_weight})")
     p.add_argument("--pad-fill", default=d.pad_fill, choices=PAD_FILLS,
                    help=f"the crop's 4-pixel border: black, the mirrored image, or the channel mean (default: {d.pad_fill})")
     p.add_argument("--flip", default=d.flip, choices=FLIPS,

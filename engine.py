@@ -27,18 +27,19 @@ def autocast(device):
 
 
 # the settings of a run (train.Config, lr_range.RangeConfig) that shape the network: model.ResNet9's arguments
-NET_KEYS = ("width", "init", "logit_scale", "ghost_bn")
+NET_KEYS = ("width", "init", "logit_scale", "ghost_bn", "bn_weight")
 
 
 def net_args(cfg):
     return {k: getattr(cfg, k) for k in NET_KEYS}
 
 
-def build_model(seed, device, width=1.0, init=INIT, logit_scale=LOGIT_SCALE, ghost_bn=0):
+def build_model(seed, device, width=1.0, init=INIT, logit_scale=LOGIT_SCALE, ghost_bn=0, bn_weight="learned"):
     """The ResNet-9 (channels x width, logits x logit_scale, `init`: one of cli.INITS, ghost batch norm over groups
-    of ghost_bn images) with seeded initial weights, on `device` in the layout it runs fastest."""
+    of ghost_bn images, batch-norm weights learned or frozen) with seeded initial weights, on `device` in the layout
+    it runs fastest."""
     torch.manual_seed(seed)
-    model = ResNet9(width=width, init=init, logit_scale=logit_scale, ghost_bn=ghost_bn).to(device)
+    model = ResNet9(width=width, init=init, logit_scale=logit_scale, ghost_bn=ghost_bn, bn_weight=bn_weight).to(device)
     if gpu_path(device):
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once and keep the fastest
@@ -63,8 +64,8 @@ def make_optimizer(model, lr, momentum=0.9, weight_decay=WEIGHT_DECAY, bn_decay=
     """SGD with Nesterov momentum. The 1-D parameters (batch-norm weights and biases, the classifier's bias) form a
     second group when bn_decay=False (no weight decay on them) or bn_lr_scale != 1: their LR is then bn_lr_scale x
     the first group's at every step (airbench's bias scaler), and their decay / bn_lr_scale, so that the decay's
-    pull per step (LR x decay) stays the same."""
-    params = list(model.parameters())
+    pull per step (LR x decay) stays the same. Frozen parameters (requires_grad False) are left out."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if not bn_decay or bn_lr_scale != 1:
         params = [{"params": [p for p in params if p.ndim > 1]},
                   {"params": [p for p in params if p.ndim <= 1], "lr": lr * bn_lr_scale, "lr_scale": bn_lr_scale,

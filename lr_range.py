@@ -83,6 +83,7 @@ class RangeConfig:
     width: float = 1.0  # channel multiplier of the network (model.py)
     bn_decay: bool = engine.BN_DECAY  # weight decay on the 1-D parameters too (engine.make_optimizer)
     bn_lr_scale: float = engine.BN_LR_SCALE  # their LR / the convolutions' LR (engine.make_optimizer)
+    bn_weight: str = "learned"  # batch-norm weights: learned / frozen at 1 (model.py)
     pad_fill: str = PAD_FILL  # data.pad
     init: str = INIT  # the convolutions' initial weights (model.py)
     logit_scale: float = engine.LOGIT_SCALE  # the classifier's output multiplier (model.py)
@@ -93,12 +94,12 @@ class RangeConfig:
 
 
 # the settings that shape the loss curve: those of the run it is for, and those of the sweep itself
-RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "bn_lr_scale", "pad_fill", "init", "flip",
-            "logit_scale", "cutout", "ghost_bn")
+RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "bn_lr_scale", "bn_weight", "pad_fill", "init",
+            "flip", "logit_scale", "cutout", "ghost_bn")
 SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge", "rule_version")
 # keys older results lack: the values they had
 LEGACY = {"width": 1.0, "bn_decay": True, "pad_fill": "zero", "init": "default", "flip": "random",
-          "logit_scale": engine.LOGIT_SCALE, "cutout": "clip", "ghost_bn": 0, "bn_lr_scale": 1.0,
+          "logit_scale": engine.LOGIT_SCALE, "cutout": "clip", "ghost_bn": 0, "bn_lr_scale": 1.0, "bn_weight": "learned",
           "rule_version": 1}
 ITERS_PER_DECADE = 10  # the fewest sweep iterations per factor of 10 in LR that still resolve the fall
 MIN_DECADES, MAX_DECADES = 4, 6  # a sweep spans at least 1e-3..10: this network's loss starts to fall near 1e-3

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import INIT, INITS, Parser, add_width_arg, check_common_args, run_cli
+from cli import BN_WEIGHTS, INIT, INITS, Parser, add_width_arg, check_common_args, run_cli
 
 # Page's trick: scale the logits down so that the initial softmax is nearly uniform and the large one-cycle
 # learning rates do not blow up the last layer early on.
@@ -88,12 +88,15 @@ def channels(width=1.0):
 class ResNet9(nn.Module):
     """width 1 is the exercise's network; width W multiplies every channel count by W (the "CPU twin" is 0.25:
     the same depth, schedule and data at 1/16 of the compute). ghost_bn N > 0: every batch norm takes its
-    training statistics from groups of N images (GhostBatchNorm2d); 0, the whole batch."""
+    training statistics from groups of N images (GhostBatchNorm2d); 0, the whole batch. bn_weight "frozen": the
+    batch-norm weights stay at 1 and only their biases train."""
 
-    def __init__(self, num_classes=10, logit_scale=LOGIT_SCALE, width=1.0, init=INIT, ghost_bn=0):
+    def __init__(self, num_classes=10, logit_scale=LOGIT_SCALE, width=1.0, init=INIT, ghost_bn=0, bn_weight="learned"):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if bn_weight not in BN_WEIGHTS:
+            raise ValueError(f"bn_weight must be one of {BN_WEIGHTS}, got {bn_weight!r}")
         if not (logit_scale > 0 and math.isfinite(logit_scale)):
             raise ValueError(f"logit_scale must be a positive number, got {logit_scale}")
         if not (isinstance(ghost_bn, int) and ghost_bn >= 0):
@@ -110,6 +113,10 @@ class ResNet9(nn.Module):
         self.logit_scale = logit_scale
         if init == "dirac":
             dirac_init(self)
+        if bn_weight == "frozen":  # held at their initial 1: no gradient, and make_optimizer leaves them out
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.requires_grad_(False)
 
     def forward(self, x):
         x = self.layer3(self.layer2(self.layer1(self.prep(x))))

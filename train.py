@@ -4,13 +4,12 @@
     python train.py --subset 512 --epochs 2 --peak-epoch 1 --device cpu   # a CPU smoke run in seconds
     torchrun --standalone --nproc_per_node 8 train.py --epochs 24 --bs 512   # 8 GPUs, the same recipe
 
-The recipe (every trick named): SGD with Nesterov momentum and weight decay 5e-4; one-cycle LR as an Ignite
-PiecewiseLinear stepped per iteration (schedule.py): LRMIN on the first iteration -> LRMAX on the last iteration of
-epoch `peak` -> LRMIN on the last iteration (no annihilation: never below LRMIN); momentum constant 0.9
-(--momentum 0.95 0.85 cycles it inversely); logits x0.125 (model.py); GPU-resident data with batched
-crop/flip/cutout (data.py); bf16 autocast and channels-last on CUDA, float32 on a CPU (engine.py). LRMIN and LRMAX
-come from lr_range.json (lr_range.py), which this script runs itself when none was made with this run's settings.
-Under torchrun, --bs is the global batch (distributed.py); only rank 0 prints and writes.
+The recipe: SGD with Nesterov momentum and weight decay 5e-4; one-cycle LR as an Ignite PiecewiseLinear stepped per
+iteration (schedule.py): LRMIN on the first iteration -> LRMAX on the last iteration of epoch `peak` -> LRMIN on the
+very last (no annihilation); momentum constant 0.9 (--momentum 0.95 0.85 cycles it); logits x0.125 (model.py);
+GPU-resident data with batched crop/flip/cutout (data.py); bf16 autocast and channels-last on CUDA, float32 on a CPU
+(engine.py). LRMIN and LRMAX come from lr_range.json (lr_range.py), which this script runs itself when none fits this
+run's settings. Under torchrun: --bs is the global batch, only rank 0 writes (distributed.py).
 
 A run writes into --out (default: a fresh runs/YYYYmmdd-HHMMSS): config.json, metrics.json, curves.png, lr.png,
 misclassified.png, confusion.png, checkpoint_<epoch>.pt, TensorBoard event files (tblog.py) and, when it ran the range
@@ -65,6 +64,7 @@ class Config:
     width: float = 1.0  # channel multiplier (model.py): 1 = the exercise's network, 0.25 = the CPU twin
     bn_decay: bool = BN_DECAY  # weight decay on batch-norm weights/biases and the classifier's bias too
     bn_lr_scale: float = BN_LR_SCALE  # their LR / the convolutions' LR (engine.make_optimizer)
+    bn_weight: str = "learned"  # batch-norm weights: learned / frozen at 1 (model.py)
     pad_fill: str = PAD_FILL  # the crop's border (data.pad): zero / reflect / mean
     init: str = INIT  # the convolutions' initial weights (model.py): default / dirac
     logit_scale: float = LOGIT_SCALE  # the classifier's output multiplier (model.py)

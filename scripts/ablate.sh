@@ -7,6 +7,7 @@
 #            | logitX (logits x X instead of x0.125, e.g. logit0.25) | cutout_inside (the square always whole)
 #            | ghostN (ghost batch norm over groups of N images, e.g. ghost32)
 #            | bnlrK (batch-norm weights and biases at K x the LR, their decay / K, e.g. bnlr8)
+#            | frozen_bnlrK (batch-norm weights frozen at 1, the biases at K x the LR, e.g. frozen_bnlr64: airbench's)
 #            | lrmax_xK (LRMAX = K x the found one, e.g. lrmax_x0.5) | lrmin_divK (LRMIN = found / K)
 # SEEDS="0 1" (default) picks the seeds; BASE="..." adds train.py flags to every variant (a setting already
 # chosen); COMMON="..." adds flags to both scripts (--width 0.25 for the CPU twin), RANGE="..." to lr_range.py.
@@ -42,6 +43,7 @@ flags_of() {
     cutout_inside) echo "--cutout inside" ;;
     ghost*) echo "--ghost-bn ${1#ghost}" ;;
     bnlr*) echo "--bn-lr-scale ${1#bnlr}" ;;
+    frozen_bnlr*) echo "--bn-weight frozen --bn-lr-scale ${1#frozen_bnlr}" ;;
     lrmax_x*) echo "--lr-max $(lr lr_max "${1#lrmax_x}" 1)" ;;
     lrmin_div*) echo "--lr-min $(lr lr_min 1 "${1#lrmin_div}")" ;;
     *) echo "ablate.sh: unknown variant $1" >&2; return 2 ;;

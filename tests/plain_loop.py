@@ -18,14 +18,19 @@ def one_cycle(it, peak, last, start, top):
 
 
 def train_plain(epoch_batches, iters_per_epoch, epochs, peak_epoch, lr_min, lr_max, seed=0, width=1.0,
-                momentum=(0.9, 0.9), weight_decay=5e-4, bn_decay=True, bn_lr_scale=1.0, label_smoothing=0.0,
-                evaluate=None):
+                momentum=(0.9, 0.9), weight_decay=5e-4, bn_decay=True, bn_lr_scale=1.0, bn_weight="learned",
+                label_smoothing=0.0, evaluate=None):
     """Train from the weights ResNet9 gets after torch.manual_seed(seed). `epoch_batches()` returns one epoch's
     (images, labels) batches; `evaluate(model)`, if given, runs after every epoch. The 1-D parameters (batch-norm
     weights and biases, the classifier's bias) run at bn_lr_scale x the LR with weight decay / bn_lr_scale, or none
-    without bn_decay. Returns (model, per-epoch [(train loss, train accuracy, evaluate's result)])."""
+    without bn_decay; bn_weight "frozen" holds the batch-norm weights at 1. Returns (model, per-epoch [(train loss,
+    train accuracy, evaluate's result)])."""
     torch.manual_seed(seed)
     model = ResNet9(width=width)
+    if bn_weight == "frozen":
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.requires_grad_(False)  # no gradient: SGD never touches them, decay included
     groups = [{"params": [p for p in model.parameters() if p.ndim > 1], "scale": 1.0},
               {"params": [p for p in model.parameters() if p.ndim <= 1], "scale": bn_lr_scale,
                "weight_decay": weight_decay / bn_lr_scale if bn_decay else 0.0}]

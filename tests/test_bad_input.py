@@ -164,6 +164,7 @@ ROWS = [  # (script, argv, setup, what the one line must say)
     ("lr_range.py", [*CPU, "--logit-scale", "0"], NONE, "--logit-scale must be a positive number"),
     ("train.py", [*TINY, "--pad-fill", "blue"], NONE, "invalid choice: 'blue'"),
     ("lr_range.py", [*CPU, "--cutout", "half"], NONE, "invalid choice: 'half'"),
+    ("train.py", [*TINY, "--bn-weight", "fixed"], NONE, "invalid choice: 'fixed'"),
     ("lr_range.py", [*CPU, "--ghost-bn", "-32"], NONE, "--ghost-bn must be >= 0"),
     ("train.py", [*TINY, "--bn-lr-scale", "0"], NONE, "--bn-lr-scale must be a positive number"),
     ("train.py", [*TINY, "--ghost-bn", "32", "--sync-bn"], NONE, "--ghost-bn and --sync-bn exclude each other"),

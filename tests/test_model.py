@@ -145,3 +145,21 @@ def test_ghost_bn_changes_no_weight_and_reaches_the_network_from_a_run_config():
     for bad in (-1, 1.5):
         with pytest.raises(ValueError, match="ghost_bn must be an integer >= 0"):
             model.ResNet9(ghost_bn=bad)
+
+
+def test_frozen_bn_weights_stay_at_one_and_the_optimizer_leaves_them_out():
+    net = engine.build_model(0, "cpu", **engine.net_args(train.Config(width=0.25, bn_weight="frozen")))
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 8 and all(not m.weight.requires_grad and m.bias.requires_grad for m in bns)
+    opt = engine.make_optimizer(net, 0.5, bn_lr_scale=64.0)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not any(id(m.weight) in in_opt for m in bns) and all(id(m.bias) in in_opt for m in bns)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    nn.functional.cross_entropy(net(torch.randn(8, 3, 32, 32)), torch.arange(8)).backward()
+    engine.follow_lr(opt)
+    opt.step()
+    for m in bns:
+        assert torch.equal(m.weight, torch.ones_like(m.weight))  # held at 1, decay included
+    assert not torch.equal(bns[0].bias, before["prep.1.bias"])  # the biases train
+    with pytest.raises(ValueError, match="bn_weight must be one of"):
+        model.ResNet9(bn_weight="fixed")

@@ -22,7 +22,8 @@ def test_readme_formula_is_the_one_cycle():
     ([], {}),  # the defaults, as the README states them
     (["--no-bn-decay", "--label-smoothing", "0.2", "--momentum", "0.95", "0.85", "--pad-fill", "reflect"],
      {"bn_decay": False, "label_smoothing": 0.2, "momentum": (0.95, 0.85), "pad_fill": "reflect"}),
-    (["--bn-lr-scale", "8"], {"bn_lr_scale": 8.0}),  # the 1-D parameters' own LR and decay
+    (["--bn-lr-scale", "8", "--bn-weight", "frozen"], {"bn_lr_scale": 8.0, "bn_weight": "frozen"}),  # the 1-D
+    # parameters' own LR and decay, the batch-norm weights held at 1
 ])
 def test_train_py_equals_the_plain_loop(tmp_path, flags, plain):
     out = tmp_path / "run"

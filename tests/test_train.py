@@ -184,7 +184,8 @@ def test_lrs_come_from_the_range_test(tmp_path, monkeypatch, capsys):
     # made for another run (batch, subset, split, weight decay, network width, ...): never reused, and says why
     others = ({"bs": 512}, {"subset": 0}, {"val": 5000}, {"weight_decay": 5e-5}, {"width": 0.25}, {"bn_decay": False},
               {"pad_fill": "reflect"}, {"init": "dirac"}, {"flip": "alternate"}, {"logit_scale": 0.25},
-              {"cutout": "inside"}, {"ghost_bn": 32}, {"bn_lr_scale": 8.0})
+              {"cutout": "inside"}, {"ghost_bn": 32}, {"bn_lr_scale": 8.0},
+              {"bn_weight": "frozen"})
     for change in others:
         assert "not reused" in resolve(cfg, change)[1]
     assert len(ran) == 1 + len(others)
