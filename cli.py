@@ -40,6 +40,8 @@ def run_cli(main):
     """Run a script's main; a UserError becomes one line on stderr and exit status 2, and an error of the machine
     (a full disk, a file that vanished) one line and exit status 1. Under torchrun every process raises the same
     error, so only the first process of each machine prints it."""
+    if hasattr(sys.stdout, "reconfigure"):  # into a log file (nohup ... > log) too, each line as soon as it is said
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         return main()
     except (UserError, OSError) as e:

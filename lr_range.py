@@ -238,6 +238,8 @@ def run_range_test(cfg, arrays=None):
         arrays = data.load_cifar10(cfg.data)
     loader, _ = data.make_loaders(arrays, cfg.bs, cfg.device, cfg.seed, cfg.subset, cfg.val,  # one upload
                                   **data.aug_args(cfg))
+    print(f"LR range test: {cfg.sweeps} sweep(s) of {cfg.num_iter} iterations, LR {cfg.start_lr:g} -> {cfg.end_lr:g}, "
+          f"into {cfg.out}")  # minutes on a CPU: say what runs before it does
     curves = []
     for seed in range(cfg.seed, cfg.seed + cfg.sweeps):  # each sweep: its own initial weights, order and augmentation
         loader.seed, loader.epoch = seed, 0  # the draws a fresh loader with this seed would make
