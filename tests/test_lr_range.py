@@ -1,6 +1,9 @@
 import copy
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import torch
 import data
 import engine
 import lr_range
-from conftest import DATA, run_script
+from conftest import DATA, ROOT, run_script
 from data import UserError
 
 
@@ -131,6 +134,7 @@ def test_cli_end_to_end_on_cpu(tmp_path):
     r = run_script("lr_range.py", "--data", DATA, "--out", tmp_path, "--device", "cpu", "--subset", "256",
                    "--bs", "64", "--num-iter", "40", "--sweeps", "2", "--width", "0.5")  # start LR: for 40 iterations
     assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("LR range test: 2 sweep(s) of 40 iterations, LR 0.001 -> 10"), r.stdout  # said first
     res = json.loads((tmp_path / "lr_range.json").read_text())
     assert res["sweeps"] == 2 and len(res["sweep_losses"]) == 2  # the rule reads their LR-by-LR mean
     n = len(res["losses"])
@@ -156,3 +160,20 @@ def test_cli_loss_never_falls_writes_nothing(tmp_path):
     assert r.returncode == 2 and "never fell" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert json.loads((tmp_path / "lr_range.json").read_text()) == {"old": True}  # untouched
     assert not (tmp_path / "lr_range.png").exists()
+
+
+@pytest.mark.slow
+def test_a_log_file_gets_each_line_while_the_script_runs(tmp_path):
+    """Redirected into a file or a pipe, Python would hold the output back until the end; the scripts say each line
+    as it happens, so the range test's first line arrives while its sweeps still run."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    p = subprocess.Popen([sys.executable, "lr_range.py", "--data", DATA, "--out", tmp_path, "--device", "cpu",
+                          "--subset", "64", "--bs", "32", "--num-iter", "200", "--sweeps", "1", "--width", "0.25"],
+                         cwd=ROOT, env={**env, "MPLBACKEND": "Agg"}, stdout=subprocess.PIPE, text=True)
+    try:
+        first = p.stdout.readline()
+        assert first.startswith("LR range test:"), first
+        assert not (tmp_path / "lr_range.json").exists()  # it came before the sweep's result, not at the exit
+    finally:
+        p.kill()
+        p.communicate()
