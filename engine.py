@@ -9,7 +9,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 from ignite.metrics import Accuracy, Loss
 
-from cli import INIT, UserError
+from cli import BN_WEIGHT, INIT, UserError
 from model import LOGIT_SCALE, ResNet9
 
 EMA_EVERY = 5  # iterations between EMA updates: 1/5 of the launch overhead, the same average over ~epochs
@@ -34,7 +34,7 @@ def net_args(cfg):
     return {k: getattr(cfg, k) for k in NET_KEYS}
 
 
-def build_model(seed, device, width=1.0, init=INIT, logit_scale=LOGIT_SCALE, ghost_bn=0, bn_weight="learned"):
+def build_model(seed, device, width=1.0, init=INIT, logit_scale=LOGIT_SCALE, ghost_bn=0, bn_weight=BN_WEIGHT):
     """The ResNet-9 (channels x width, logits x logit_scale, `init`: one of cli.INITS, ghost batch norm over groups
     of ghost_bn images, batch-norm weights learned or frozen) with seeded initial weights, on `device` in the layout
     it runs fastest."""

@@ -45,7 +45,7 @@ from ignite.handlers import FastaiLRFinder
 import data
 import engine
 import tblog
-from cli import (CUTOUT_MODE, FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_recipe_args,
+from cli import (BN_WEIGHT, CUTOUT_MODE, FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_recipe_args,
                  add_tensorboard_arg, check_common_args, run_cli)
 from files import check_writable, read_lr_result, save_figure, write_json
 
@@ -83,7 +83,7 @@ class RangeConfig:
     width: float = 1.0  # channel multiplier of the network (model.py)
     bn_decay: bool = engine.BN_DECAY  # weight decay on the 1-D parameters too (engine.make_optimizer)
     bn_lr_scale: float = engine.BN_LR_SCALE  # their LR / the convolutions' LR (engine.make_optimizer)
-    bn_weight: str = "learned"  # batch-norm weights: learned / frozen at 1 (model.py)
+    bn_weight: str = BN_WEIGHT  # batch-norm weights: learned / frozen at 1 (model.py)
     pad_fill: str = PAD_FILL  # data.pad
     init: str = INIT  # the convolutions' initial weights (model.py)
     logit_scale: float = engine.LOGIT_SCALE  # the classifier's output multiplier (model.py)

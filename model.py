@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import BN_WEIGHTS, INIT, INITS, Parser, add_width_arg, check_common_args, run_cli
+from cli import BN_WEIGHT, BN_WEIGHTS, INIT, INITS, Parser, add_width_arg, check_common_args, run_cli
 
 # Page's trick: scale the logits down so that the initial softmax is nearly uniform and the large one-cycle
 # learning rates do not blow up the last layer early on.
@@ -91,7 +91,7 @@ class ResNet9(nn.Module):
     training statistics from groups of N images (GhostBatchNorm2d); 0, the whole batch. bn_weight "frozen": the
     batch-norm weights stay at 1 and only their biases train."""
 
-    def __init__(self, num_classes=10, logit_scale=LOGIT_SCALE, width=1.0, init=INIT, ghost_bn=0, bn_weight="learned"):
+    def __init__(self, num_classes=10, logit_scale=LOGIT_SCALE, width=1.0, init=INIT, ghost_bn=0, bn_weight=BN_WEIGHT):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")

@@ -33,7 +33,7 @@ import distributed
 import lr_range
 import report
 import tblog
-from cli import (CUTOUT_MODE, FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_compile_arg,
+from cli import (BN_WEIGHT, CUTOUT_MODE, FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_compile_arg,
                  add_recipe_args, add_tensorboard_arg, check_common_args, run_cli)
 from engine import (BN_DECAY, BN_LR_SCALE, EMA_EVERY, LOGIT_SCALE, WEIGHT_DECAY, NonFiniteLoss, Stamp, attach_ema,
                     build_model, compile_model, create_evaluator, create_trainer, make_optimizer, net_args)
@@ -64,7 +64,7 @@ class Config:
     width: float = 1.0  # channel multiplier (model.py): 1 = the exercise's network, 0.25 = the CPU twin
     bn_decay: bool = BN_DECAY  # weight decay on batch-norm weights/biases and the classifier's bias too
     bn_lr_scale: float = BN_LR_SCALE  # their LR / the convolutions' LR (engine.make_optimizer)
-    bn_weight: str = "learned"  # batch-norm weights: learned / frozen at 1 (model.py)
+    bn_weight: str = BN_WEIGHT  # batch-norm weights: learned / frozen at 1 (model.py)
     pad_fill: str = PAD_FILL  # the crop's border (data.pad): zero / reflect / mean
     init: str = INIT  # the convolutions' initial weights (model.py): default / dirac
     logit_scale: float = LOGIT_SCALE  # the classifier's output multiplier (model.py)
