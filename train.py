@@ -9,7 +9,7 @@ iteration (schedule.py): LRMIN on the first iteration -> LRMAX on the last itera
 very last (no annihilation); momentum constant 0.9 (--momentum 0.95 0.85 cycles it); logits x0.125 (model.py);
 GPU-resident data with batched crop/flip/cutout (data.py); bf16 autocast and channels-last on CUDA, float32 on a CPU
 (engine.py). LRMIN and LRMAX come from lr_range.json (lr_range.py), which this script runs itself when none fits this
-run's settings. Under torchrun: --bs is the global batch, only rank 0 writes (distributed.py).
+run's settings. Under torchrun: --bs is the global batch, only rank 0 prints and writes (distributed.py).
 
 A run writes into --out (default: a fresh runs/YYYYmmdd-HHMMSS): config.json, metrics.json, curves.png, lr.png,
 misclassified.png, confusion.png, checkpoint_<epoch>.pt, TensorBoard event files (tblog.py) and, when it ran the range
