@@ -1,7 +1,7 @@
 """Train the ResNet-9 on CIFAR-10 with a one-cycle learning rate whose bounds come from the LR range test.
 
     python train.py --epochs 24 --bs 512            # GPU: the real run
-    python train.py --subset 512 --epochs 2 --peak-epoch 1 --device cpu   # a CPU smoke run in seconds
+    python train.py --subset 512 --epochs 2 --peak-epoch 1 --width 0.25 --lr-min 0.004 --lr-max 0.4 --device cpu  # seconds
     torchrun --standalone --nproc_per_node 8 train.py --epochs 24 --bs 512   # 8 GPUs, the same recipe
 
 The recipe: SGD with Nesterov momentum and weight decay 5e-4; one-cycle LR as an Ignite PiecewiseLinear stepped per
