@@ -187,6 +187,8 @@ ROWS = [  # (script, argv, setup, what the one line must say)
     ("triangle.py", ["--one-cycle", "--lr-json", "{tmp}/none.json", "--out", "{tmp}/o.png"], NONE, "no such LR"),
     ("triangle.py", ["--stepsize", "0", "--out", "{tmp}/o.png"], NONE, "stepsize"),
     ("triangle.py", ["--base-lr", "0.2", "--max-lr", "0.1", "--out", "{tmp}/o.png"], NONE, "0.2"),
+    ("triangle.py", ["--max-lr", "0.001", "--out", "{tmp}/o.png"], NONE, "0.001"),
+    ("triangle.py", ["--cycles", "-1", "--out", "{tmp}/o.png"], NONE, "cycles"),
     ("data.py", [*CPU, "--out", "{tmp}/aug.xyz"], NONE, "cannot write a figure as 'xyz'"),
     ("data.py", [*CPU, "--out", "{tmp}/aug.png", "--rows", "0"], NONE, "--rows must be positive"),
     ("model.py", ["--width", "-1"], NONE, "--width must be a positive number"),
