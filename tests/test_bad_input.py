@@ -184,7 +184,8 @@ ROWS = [  # (script, argv, setup, what the one line must say)
     ("triangle.py", ["--out", "{tmp}/f/tri.png"], a_file("f"), "is a file; give another --out"),
     ("triangle.py", ["--out", "{tmp}/d.png"], a_folder("d.png"), "is a folder; give a file name"),
     ("triangle.py", ["--one-cycle", "--lr-json", "{tmp}/lr.json", "--out", "{tmp}/o.png"], lr_json("]"), "unreadable LR"),
-    ("triangle.py", ["--one-cycle", "--lr-json", "{tmp}/none.json", "--out", "{tmp}/o.png"], NONE, "no such LR"),
+    ("triangle.py", ["--one-cycle", "--lr-json", "{tmp}/none.json", "--out", "{tmp}/o.png"], NONE,
+     "none.json: no such LR range-test result"),  # the file named, so it must be there
     ("triangle.py", ["--stepsize", "0", "--out", "{tmp}/o.png"], NONE, "stepsize"),
     ("triangle.py", ["--base-lr", "0.2", "--max-lr", "0.1", "--out", "{tmp}/o.png"], NONE, "0.2"),
     ("triangle.py", ["--max-lr", "0.001", "--out", "{tmp}/o.png"], NONE, "0.001"),
