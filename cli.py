@@ -19,6 +19,7 @@ FLIPS = ("random", "alternate")  # the horizontal flip (data.Loader); FLIP, the 
 FLIP = "random"
 CUTOUTS = ("clip", "inside")  # where cutout's square may fall (data.draw_augmentation); CUTOUT_MODE, the default
 CUTOUT_MODE = "clip"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # engine.auto_precision says what "auto" picks on each device
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
@@ -89,6 +90,7 @@ def add_width_arg(p):
 def add_recipe_args(p, d):
     """The settings that shape the training step, shared by train.py and lr_range.py (defaults from config d)."""
     add_width_arg(p)
+    add_precision_arg(p)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"SGD weight decay (default: {d.weight_decay:g})")
     p.add_argument("--bn-decay", action=argparse.BooleanOptionalAction, default=d.bn_decay,
                    help="weight decay on batch-norm weights and biases and the classifier's bias too "
@@ -116,6 +118,13 @@ def add_recipe_args(p, d):
     p.add_argument("--init", default=d.init, choices=INITS,
                    help="the convolutions' initial weights: PyTorch's Kaiming-uniform, or dirac (the first filters "
                    f"of each conv pass their input channel through, as in airbench) (default: {d.init})")
+
+
+def add_precision_arg(p):
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="arithmetic of the forward and backward pass (weights stay float32): auto = bf16 autocast on "
+                   "GPUs of compute capability >= 8.0 (A100, H100, RTX 30xx/40xx) and on CPUs with AVX512-BF16 or "
+                   "AMX; fp16 autocast with a gradient scaler on 7.x GPUs (V100, T4); fp32 elsewhere (default: auto)")
 
 
 def add_tensorboard_arg(p):

@@ -1,5 +1,5 @@
-"""The training machinery train.py and lr_range.py share: the model as it runs (precision, memory layout,
-compilation), THE training step, the evaluator, and the per-epoch totals. Nothing here reads flags or writes files."""
+"""The training machinery train.py and lr_range.py share: the model as it runs (precision chosen per device,
+memory layout, compilation), THE training step, the evaluator, and the per-epoch totals. Nothing here reads flags or writes files."""
 import platform
 
 import ignite.distributed as idist
@@ -9,21 +9,54 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 from ignite.metrics import Accuracy, Loss
 
-from cli import BN_WEIGHT, INIT, UserError
+from cli import BN_WEIGHT, INIT, PRECISIONS, UserError
 from model import LOGIT_SCALE, ResNet9
 
 EMA_EVERY = 5  # iterations between EMA updates: 1/5 of the launch overhead, the same average over ~epochs
 
 
-def gpu_path(device):
-    """bf16 autocast and channels-last (tensor cores) on CUDA; a CPU runs float32, NCHW. One switch, so a CPU test
-    can run the GPU code path."""
-    return torch.device(device).type == "cuda"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def autocast(device):
-    """bf16 autocast on the GPU path; a no-op on a CPU, where the same code runs in float32."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=gpu_path(device))
+def cpu_computes_bf16():
+    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), which oneDNN's bf16 convolutions use;
+    without them bf16 is emulated and slower than float32."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(p is not None for p in probes):
+        return any(p() for p in probes if p is not None)
+    try:  # an older torch without the probes: the kernel's CPU flags (Linux)
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def auto_precision(device):
+    """What --precision auto picks: bf16 autocast where the hardware computes bf16 natively (GPUs of compute
+    capability 8.0 and up: A100, H100, RTX 30xx/40xx; CPUs with AVX512-BF16 or AMX); fp16 autocast with a
+    gradient scaler on GPUs whose tensor cores have fp16 only (7.x: V100, T4); float32 elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        major = torch.cuda.get_device_capability(device)[0]
+        return "bf16" if major >= 8 else "fp16" if major >= 7 else "fp32"
+    return "bf16" if cpu_computes_bf16() else "fp32"
+
+
+def resolve_precision(precision, device):
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision}")
+    return auto_precision(device) if precision == "auto" else precision
+
+
+def autocast(device, precision="fp32"):
+    """The forward pass's autocast: matrix products and convolutions in bf16/fp16 with float32 master weights,
+    batch norm and loss (torch's autocast lists); a no-op at fp32."""
+    return torch.autocast(torch.device(device).type, dtype=DTYPES[precision], enabled=precision != "fp32")
+
+
+def make_scaler(device, precision):
+    """fp16's gradient scaler (fp16 gradients underflow without it); None for bf16 and fp32, which need none."""
+    return torch.amp.GradScaler(torch.device(device).type) if precision == "fp16" else None
 
 
 # the settings of a run (train.Config, lr_range.RangeConfig) that shape the network: model.ResNet9's arguments
@@ -36,14 +69,14 @@ def net_args(cfg):
 
 def build_model(seed, device, width=1.0, init=INIT, logit_scale=LOGIT_SCALE, ghost_bn=0, bn_weight=BN_WEIGHT):
     """The ResNet-9 (channels x width, logits x logit_scale, `init`: one of cli.INITS, ghost batch norm over groups
-    of ghost_bn images, batch-norm weights learned or frozen) with seeded initial weights, on `device` in the layout
-    it runs fastest."""
+    of ghost_bn images, batch-norm weights learned or frozen) with seeded initial weights, on `device`, its weights
+    channels-last like the images data.py makes: the fast layout of oneDNN's CPU convolutions at fp32 and bf16
+    alike (measured, docs/speed.md) and of the GPUs' tensor cores."""
     torch.manual_seed(seed)
     model = ResNet9(width=width, init=init, logit_scale=logit_scale, ghost_bn=ghost_bn, bn_weight=bn_weight).to(device)
-    if gpu_path(device):
-        model = model.to(memory_format=torch.channels_last)
+    if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once and keep the fastest
-    return model
+    return model.to(memory_format=torch.channels_last)
 
 
 def compile_model(model, mode, backend="inductor"):
@@ -80,33 +113,41 @@ def follow_lr(optimizer):
             group["lr"] = optimizer.param_groups[0]["lr"] * group["lr_scale"]
 
 
-def create_trainer(model, optimizer, loss_fn, device):
+def create_trainer(model, optimizer, loss_fn, device, precision="fp32"):
     """THE training step, shared by train.py and lr_range.py. It returns device tensors only: nothing here waits
-    for the GPU, so the CPU can run ahead queueing kernels (statistics are read once per epoch)."""
+    for the GPU, so the CPU can run ahead queueing kernels (statistics are read once per epoch). At fp16 the
+    trainer's `scaler` (a checkpoint saves it) scales the loss; elsewhere it is None."""
+    scaler = make_scaler(device, precision)
 
     def step(engine, batch):
         x, y = batch
         model.train()
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(x)
             loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (scaler.scale(loss) if scaler else loss).backward()
         follow_lr(optimizer)  # here, after every scheduler of this iteration has set the LR
-        optimizer.step()
+        if scaler:  # skips the step when a gradient overflowed, and adapts the scale
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         return {"loss": loss.detach(), "correct": (logits.argmax(1) == y).sum(), "n": len(y)}
 
-    return Engine(step)
+    trainer = Engine(step)
+    trainer.scaler = scaler
+    return trainer
 
 
-def create_evaluator(model, device, tta=False):
+def create_evaluator(model, device, precision="fp32", tta=False):
     """Accuracy and loss over a plain loader (Ignite's metrics, summed over every process); with tta, logits
     averaged with those of the horizontally flipped image."""
 
     def step(engine, batch):
         x, y = batch
         model.eval()
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), autocast(device, precision):
             # a copy: a CUDA-graphed model (--compile reduce-overhead) may hand back the same output memory from
             # its next call, which would silently turn the TTA average into the flipped logits alone
             logits = model(x).to(torch.float32, copy=True)
@@ -121,7 +162,7 @@ def create_evaluator(model, device, tta=False):
 
 
 @torch.no_grad()
-def recompute_bn_stats(model, batches, device):
+def recompute_bn_stats(model, batches, device, precision="fp32"):
     """Every batch-norm layer's running mean and variance replaced by the plain average of its batch statistics
     over `batches` (weights untouched): the statistics of what those batches hold, not a momentum-0.1 trail of the
     augmented batches seen while the weights were still moving."""
@@ -134,7 +175,7 @@ def recompute_bn_stats(model, batches, device):
     model.train()
     try:
         for x, _ in batches:
-            with autocast(device):
+            with autocast(device, precision):
                 model(x)
     finally:
         for m, momentum in zip(bns, momenta):

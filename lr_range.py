@@ -6,8 +6,7 @@
 Ignite's FastaiLRFinder sweeps the LR exponentially from --start-lr to --end-lr over --num-iter iterations
 (iteration k, counted from 0, runs at start * (end/start)^(k/num_iter)) of the training step train.py runs
 (engine.py: same model, SGD + Nesterov momentum 0.9 + weight decay, augmentation, precision), on the TRAINING
-images only, stopping once the loss diverges. Then one stated rule reads the curve
-(see `pick_lrs`):
+images only, stopping once the loss diverges. Then one stated rule reads the curve (`pick_lrs`):
   1. smooth the raw loss with a centred moving average over log-LR (no lag, unlike an EMA, so the minimum
      does not drift to higher LRs);
   2. LRMAX = the valley, the LR just before the smoothed loss turns up: the lowest point reached before the
@@ -15,18 +14,15 @@ images only, stopping once the loss diverges. Then one stated rule reads the cur
      floor: the first to the last LR, up to that turn, whose loss is within VALLEY_TOLERANCE of the drop of that
      point (all of them, so a noisy bump inside a flat floor does not cut it in two). Not the global minimum:
      with batch norm the loss can spike at LR ~1 and fall again at LR ~5 (seen in our sweeps), and a larger LR
-     there would not train. LRMAX is half of that valley (MAX_BACKOFF = 2): chosen on a validation split of the
-     CPU twin, where the peak at about half the floor's centre gave the best accuracy at width 1/4 (+3.2 points
-     over the centre's double) and was level with the rest at 1/8 (docs/cpu_twin.md);
+     there would not train. LRMAX is half of that valley (MAX_BACKOFF = 2), chosen on the CPU twin's validation
+     split (docs/cpu_twin.md);
   3. LRMIN = where the loss starts to fall: the LR from which on the smoothed loss stays at least FALL_FRACTION
      of its drop (starting level = median of the first window of raw losses, down to the valley) below the start.
 The rule reads the LR-by-LR mean of --sweeps K sweeps (default 3; seeds seed..seed+K-1): the valley of one
 sweep is a broad, noisy floor, so one sweep's LRMAX varied 1.5-1.6x between five seeds and the mean of three
 varied 1.23x (docs/lr_range.md, a CPU proxy). Three sweeps cost about six epochs' worth of steps.
-A short sweep starts higher on its own: --start-lr defaults to --end-lr / 10^clamp(num_iter/10, 4, 6), ten
-iterations per decade of LR where it can (200 iterations: 1e-5 to 10; 50: 1e-4; 40 or fewer: 1e-3).
+A short sweep starts higher on its own: ten iterations per decade of LR where it can (see --start-lr).
 Under torchrun the range test runs on rank 0 alone (on its GPU); the other processes exit at once.
-Afterwards model and optimizer are exactly as before the test (the finder restores them).
 A loss that never falls, or is NaN from the first step, is an error and writes nothing.
 """
 import dataclasses
@@ -48,6 +44,7 @@ import tblog
 from cli import (BN_WEIGHT, CUTOUT_MODE, FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_recipe_args,
                  add_tensorboard_arg, check_common_args, run_cli)
 from files import check_writable, read_lr_result, save_figure, write_json
+from report import progress
 
 SMOOTH_FRACTION = 0.1  # moving-average window, as a fraction of the points recorded
 TURN_FRACTION = 0.25  # the loss has turned up once it climbs back by 25 % of the drop made so far
@@ -81,6 +78,7 @@ class RangeConfig:
     diverge: float = 4.0  # stop once the (EMA-smoothed) loss exceeds this multiple of its best
     rule_version: int = RULE_VERSION  # a result read by another version of the rule is not reused
     width: float = 1.0  # channel multiplier of the network (model.py)
+    precision: str = "fp32"  # resolved: bf16 / fp16 / fp32 (engine.auto_precision)
     bn_decay: bool = engine.BN_DECAY  # weight decay on the 1-D parameters too (engine.make_optimizer)
     bn_lr_scale: float = engine.BN_LR_SCALE  # their LR / the convolutions' LR (engine.make_optimizer)
     bn_weight: str = BN_WEIGHT  # batch-norm weights: learned / frozen at 1 (model.py)
@@ -94,7 +92,7 @@ class RangeConfig:
 
 
 # the settings that shape the loss curve: those of the run it is for, and those of the sweep itself
-RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "bn_decay", "bn_lr_scale", "bn_weight", "pad_fill", "init",
+RUN_KEYS = ("bs", "subset", "val", "weight_decay", "width", "precision", "bn_decay", "bn_lr_scale", "bn_weight", "pad_fill", "init",
             "flip", "logit_scale", "cutout", "ghost_bn")
 SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge", "rule_version")
 # keys older results lack: the values they had
@@ -107,7 +105,7 @@ MIN_DECADES, MAX_DECADES = 4, 6  # a sweep spans at least 1e-3..10: this network
 
 def read_result(path):
     """A saved range-test result, checked: one line if it is damaged or not one (files.read_lr_result)."""
-    return read_lr_result(path, [k for k in RUN_KEYS + SWEEP_KEYS if k not in LEGACY])
+    return read_lr_result(path, [k for k in RUN_KEYS + SWEEP_KEYS if k not in LEGACY and k != "precision"])
 
 
 def auto_start_lr(num_iter, end_lr):
@@ -122,7 +120,8 @@ def settled(cfg):
 def mismatch(saved, cfg, keys):
     """'' if the saved result was made with `cfg`'s value of every key, else what differs, in words."""
     cfg = settled(cfg)
-    old = {k: saved.get(k, LEGACY.get(k)) for k in keys}
+    legacy = {**LEGACY, "precision": "bf16" if saved.get("device") == "cuda" else "fp32"}  # before the flag
+    old = {k: saved.get(k, legacy.get(k)) for k in keys}
     return ", ".join(f"{k} {old[k]} (here {getattr(cfg, k)})" for k in keys if old[k] != getattr(cfg, k))
 
 
@@ -204,7 +203,7 @@ def sweep(cfg, model, optimizer, loader):
     """Run FastaiLRFinder over the shared training step on its own engine (only the finder and a NaN stop are
     attached to it). Returns (lrs, raw losses); model and optimizer are restored on exit."""
     cfg = settled(cfg)
-    trainer = engine.create_trainer(model, optimizer, nn.CrossEntropyLoss(), cfg.device)
+    trainer = engine.create_trainer(model, optimizer, nn.CrossEntropyLoss(), cfg.device, cfg.precision)
     lrs, raw = [], []
 
     @trainer.on(Events.ITERATION_STARTED)
@@ -241,12 +240,15 @@ def run_range_test(cfg, arrays=None):
     print(f"LR range test: {cfg.sweeps} sweep(s) of {cfg.num_iter} iterations, LR {cfg.start_lr:g} -> {cfg.end_lr:g}, "
           f"into {cfg.out}")  # minutes on a CPU: say what runs before it does
     curves = []
-    for seed in range(cfg.seed, cfg.seed + cfg.sweeps):  # each sweep: its own initial weights, order and augmentation
+    for i, seed in enumerate(range(cfg.seed, cfg.seed + cfg.sweeps)):  # each: its own weights, order, augmentation
         loader.seed, loader.epoch = seed, 0  # the draws a fresh loader with this seed would make
         model = engine.build_model(seed, cfg.device, **engine.net_args(cfg))
         optimizer = engine.make_optimizer(model, cfg.start_lr, cfg.momentum, cfg.weight_decay, cfg.bn_decay,
                                           cfg.bn_lr_scale)
         curves.append(sweep(cfg, model, optimizer, loader))
+        elapsed, left = progress(time.perf_counter() - t0, i + 1, cfg.sweeps)
+        print(f"  sweep {i + 1}/{cfg.sweeps} (seed {seed}): {len(curves[-1][1])} iterations, {elapsed} so far, "
+              f"about {left} left", flush=True)
     if cfg.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -337,6 +339,7 @@ def main(argv=None):
     if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 alone runs the test
         return
     # the run's settings by RUN_KEYS, as train.resolve_lrs passes them, so a new recipe flag needs no line here
+    args.precision = engine.resolve_precision(args.precision, args.device)
     cfg = RangeConfig(data=args.data, out=args.out, device=args.device, seed=args.seed, num_iter=args.num_iter,
                       start_lr=args.start_lr, end_lr=args.end_lr, sweeps=args.sweeps,
                       tensorboard=tblog.wanted(args.tensorboard), **{k: getattr(args, k) for k in RUN_KEYS})

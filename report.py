@@ -19,11 +19,24 @@ from files import save_figure, write_json
 COLUMNS = [("epoch", "epoch", "{:>5d}"), ("train_loss", "train loss", "{:>10.4f}"),
            ("train_acc", "train acc", "{:>9.2%}"), ("eval_loss", "eval loss", "{:>9.4f}"),
            ("eval_acc", "eval acc", "{:>8.2%}"), ("lr", "lr", "{:>8.4f}"), ("momentum", "mom", "{:>5.3f}"),
-           ("train_seconds", "train s", "{:>7.2f}"), ("eval_seconds", "eval s", "{:>6.2f}")]
+           ("train_seconds", "train s", "{:>7.2f}"), ("eval_seconds", "eval s", "{:>6.2f}"),
+           ("elapsed", "elapsed", "{:>8}"), ("left", "left", "{:>8}")]
+
+
+def clock(seconds):
+    """Seconds as h:mm:ss, for the progress columns of long runs."""
+    m, s = divmod(round(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
+def progress(seconds, done, total):
+    """(elapsed, left) as h:mm:ss: `done` of `total` units took `seconds`; the rest at the same pace."""
+    return clock(seconds), clock(seconds / done * (total - done)) if done else "?"
 
 
 def row(h, header=False):
-    """One fixed-width line per epoch (eval = the test set unless --val)."""
+    """One fixed-width line per epoch (eval = the test set unless --val), with the time so far and an estimate of
+    the rest, so a log file shows how far a long run is."""
     line = "  ".join(fmt.format(h[k]) for k, _, fmt in COLUMNS)
     if not header:
         return line
@@ -121,11 +134,11 @@ def final_report(cfg, arrays, eval_model, eval_loader, device, history, trace, n
     run_dir, rank = Path(cfg.out), idist.get_rank()
     preds = []
     distributed.broadcast_buffers(eval_model)
-    evaluator = create_evaluator(eval_model, device)
+    evaluator = create_evaluator(eval_model, device, cfg.precision)
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: preds.append(e.state.output[0].argmax(1)))
     evaluator.run(eval_loader)
     final = dict(evaluator.state.metrics)
-    tta = create_evaluator(eval_model, device, tta=True)
+    tta = create_evaluator(eval_model, device, cfg.precision, tta=True)
     tta.run(eval_loader)
     preds = distributed.gather(torch.cat(preds), eval_loader.sizes).cpu()
     labels = distributed.gather(eval_loader.labels, eval_loader.sizes).cpu()
@@ -148,8 +161,9 @@ def final_report(cfg, arrays, eval_model, eval_loader, device, history, trace, n
 def attach_monitor(trainer, evaluator, eval_model, eval_loader, trace, n_iter, cfg, device):
     """Per epoch: the synchronised training time, the epoch's totals and NaN check, evaluation, one table row and
     metrics.json (rank 0). Returns (history, write_metrics)."""
-    rank, history = idist.get_rank(), []
+    rank, history, start = idist.get_rank(), [], {}
     totals = EpochTotals().attach(trainer)
+    trainer.add_event_handler(Events.STARTED, lambda e: start.update(t=time.perf_counter(), epoch=e.state.epoch))
     sync = (lambda _: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda _: None)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, sync)  # before the timer: GPU work is asynchronous
     timer = Timer()
@@ -176,8 +190,11 @@ def attach_monitor(trainer, evaluator, eval_model, eval_loader, trace, n_iter, c
                         "eval_loss": m["loss"], "eval_acc": m["accuracy"], "eval_name": eval_loader.name,
                         "lr": trace["lr"][-1], "momentum": trace["momentum"][-1],
                         "train_seconds": t_train, "eval_seconds": time.perf_counter() - t0})
-        if rank == 0:
-            print(row(history[-1], header=len(history) == 1 and not cfg.resume), flush=True)
+        if rank == 0:  # this process's pace so far (a resumed run counts from where it resumed)
+            elapsed, left = progress(time.perf_counter() - start["t"], engine.state.epoch - start["epoch"], cfg.epochs
+                                     - start["epoch"])
+            print(row({**history[-1], "elapsed": elapsed, "left": left}, header=len(history) == 1 and not cfg.resume),
+                  flush=True)
         write_metrics()
 
     return history, write_metrics

@@ -1,19 +1,15 @@
 """Train the ResNet-9 on CIFAR-10 with a one-cycle learning rate whose bounds come from the LR range test.
 
     python train.py --epochs 24 --bs 512            # GPU: the real run
-    python train.py --subset 512 --epochs 2 --peak-epoch 1 --width 0.25 --lr-min 0.004 --lr-max 0.4 --device cpu  # seconds
+    python train.py --subset 512 --epochs 2 --peak-epoch 1 --width 0.25 --lr-min 0.004 --lr-max 0.4 --device cpu
     torchrun --standalone --nproc_per_node 8 train.py --epochs 24 --bs 512   # 8 GPUs, the same recipe
 
-The recipe: SGD with Nesterov momentum and weight decay 5e-4; one-cycle LR as an Ignite PiecewiseLinear stepped per
-iteration (schedule.py): LRMIN on the first iteration -> LRMAX on the last iteration of epoch `peak` -> LRMIN on the
-very last (no annihilation); momentum constant 0.9 (--momentum 0.95 0.85 cycles it); logits x0.125 (model.py);
-GPU-resident data with batched crop/flip/cutout (data.py); bf16 autocast and channels-last on CUDA, float32 on a CPU
-(engine.py). LRMIN and LRMAX come from lr_range.json (lr_range.py), which this script runs itself when none fits this
-run's settings. Under torchrun: --bs is the global batch, only rank 0 prints and writes (distributed.py).
-
-A run writes into --out (default: a fresh runs/YYYYmmdd-HHMMSS): config.json, metrics.json, curves.png, lr.png,
-misclassified.png, confusion.png, checkpoint_<epoch>.pt, TensorBoard event files (tblog.py) and, when it ran the range
-test itself, lr_range/; `--resume DIR` continues a killed run exactly. `--width 0.25` is the CPU twin."""
+The recipe (README.md): SGD, Nesterov, weight decay 5e-4; the one-cycle of schedule.py; logits x0.125 (model.py);
+batched crop/flip/cutout on the device (data.py); the precision engine.auto_precision picks for the device. LRMIN
+and LRMAX come from lr_range.json (lr_range.py), run first when none fits this run's settings. Under torchrun,
+--bs is the global batch and only rank 0 prints and writes (distributed.py). A run writes into --out (default:
+runs/YYYYmmdd-HHMMSS): config.json, metrics.json, figures, checkpoint_<epoch>.pt, TensorBoard events (tblog.py)
+and, when it ran the range test itself, lr_range/; `--resume DIR` continues a killed run exactly."""
 import dataclasses
 import logging
 import math
@@ -36,7 +32,8 @@ import tblog
 from cli import (BN_WEIGHT, CUTOUT_MODE, FLIP, INIT, LR_JSON, PAD_FILL, Parser, UserError, add_common_args, add_compile_arg,
                  add_recipe_args, add_tensorboard_arg, check_common_args, run_cli)
 from engine import (BN_DECAY, BN_LR_SCALE, EMA_EVERY, LOGIT_SCALE, WEIGHT_DECAY, NonFiniteLoss, Stamp, attach_ema,
-                    build_model, compile_model, create_evaluator, create_trainer, make_optimizer, net_args)
+                    build_model, compile_model, create_evaluator, create_trainer, make_optimizer, net_args,
+                    resolve_precision)
 from files import SafeDiskSaver, check_writable, fresh_run_dir, latest_checkpoint, load_checkpoint, read_json
 from schedule import MOMENTUM_MAX, MOMENTUM_MIN, attach_one_cycle, one_cycle_milestones
 
@@ -62,6 +59,7 @@ class Config:
     ema_half_life: float = 0.0  # epochs; >0: evaluate an exponential moving average of the weights
     eval_bs: int = 1000
     width: float = 1.0  # channel multiplier (model.py): 1 = the exercise's network, 0.25 = the CPU twin
+    precision: str = "auto"  # bf16 / fp16 / fp32; "auto": engine.auto_precision picks by the device
     bn_decay: bool = BN_DECAY  # weight decay on batch-norm weights/biases and the classifier's bias too
     bn_lr_scale: float = BN_LR_SCALE  # their LR / the convolutions' LR (engine.make_optimizer)
     bn_weight: str = BN_WEIGHT  # batch-norm weights: learned / frozen at 1 (model.py)
@@ -77,9 +75,6 @@ class Config:
     tensorboard: bool | None = None  # None: when the tensorboard package is installed (tblog.py)
     save_every: int = 1  # epochs between checkpoints
     resume: str = ""
-
-
-# ---------------------------------------------------------------------------------------------- settings
 
 
 def check_config(cfg, world=1):
@@ -147,7 +142,8 @@ def build_engines(cfg, device, n_iter, lr_min, lr_max):
     raw = build_model(cfg.seed, device, **net_args(cfg))
     model = compile_model(distributed.wrap_model(raw, device, cfg.sync_bn), cfg.compile)
     optimizer = make_optimizer(raw, lr_min, cfg.momentum_max, cfg.weight_decay, cfg.bn_decay, cfg.bn_lr_scale)
-    trainer = create_trainer(model, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device)
+    trainer = create_trainer(model, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device,
+                             cfg.precision)
     lr_ms, mom_ms = one_cycle_milestones(n_iter, cfg.epochs, cfg.peak_epoch, lr_min, lr_max, cfg.momentum_max,
                                          cfg.momentum_min)
     lr_sched, mom_sched, trace = attach_one_cycle(trainer, optimizer, lr_ms, mom_ms)
@@ -155,9 +151,11 @@ def build_engines(cfg, device, n_iter, lr_min, lr_max):
     eval_model = model if idist.get_world_size() == 1 else compile_model(raw, cfg.compile)
     to_save = {"network": Stamp(width=cfg.width),  # first: loading checks it before the weights
                "model": raw, "optimizer": optimizer, "trainer": trainer, "lr_sched": lr_sched, "mom_sched": mom_sched}
+    if trainer.scaler:
+        to_save["scaler"] = trainer.scaler
     if cfg.ema_half_life:
         eval_model = to_save["ema_model"] = attach_ema(trainer, raw, cfg.ema_half_life, n_iter)
-    return trainer, create_evaluator(eval_model, device), eval_model, to_save, trace
+    return trainer, create_evaluator(eval_model, device, cfg.precision), eval_model, to_save, trace
 
 
 def resume_from(run_dir, to_save, saver, device, n_iter, history, trace):
@@ -207,6 +205,7 @@ def train(cfg):
     rank, world = idist.get_rank(), idist.get_world_size()
     say = print if rank == 0 else (lambda *a, **k: None)
     device = distributed.process_device(cfg.device)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))  # config.json: the choice
     if not cfg.out:
         cfg = dataclasses.replace(cfg, out=distributed.on_rank0(lambda: str(fresh_run_dir())))
     run_dir = Path(cfg.out)
@@ -281,7 +280,8 @@ def saved_config(run_dir, fix=CANNOT_RESUME):
     """The Config of a run from its config.json; settings older runs lack take their defaults."""
     saved = read_run_config(run_dir, fix)
     fields = {f.name for f in dataclasses.fields(Config)}
-    return Config(**{k: v for k, v in saved.items() if k in fields})
+    legacy = {"precision": "bf16" if saved.get("device") == "cuda" else "fp32"}  # what runs before the flag ran
+    return Config(**{**legacy, **{k: v for k, v in saved.items() if k in fields}})
 
 
 def parse_args(argv=None):

@@ -42,8 +42,8 @@ def evaluate_run(run_dir, arrays, device="cpu"):
         if variant != "as trained":
             batches = train_loader if variant == "augmented" else data.plain_train_loader(arrays, train_loader,
                                                                                           cfg.subset, cfg.val)
-            engine.recompute_bn_stats(model, batches, device)
-        evaluator = engine.create_evaluator(model, device)
+            engine.recompute_bn_stats(model, batches, device, cfg.precision)
+        evaluator = engine.create_evaluator(model, device, cfg.precision)
         evaluator.run(eval_loader)
         out[variant] = evaluator.state.metrics["accuracy"]
     return {"run": str(run_dir), "seed": cfg.seed, "eval_set": eval_loader.name, **out}

@@ -22,7 +22,8 @@ from ignite.engine import Events  # noqa: E402
 
 import data  # noqa: E402
 import engine  # noqa: E402
-from cli import Parser, UserError, add_common_args, add_compile_arg, add_width_arg, check_common_args, run_cli  # noqa: E402
+from cli import (Parser, UserError, add_common_args, add_compile_arg, add_precision_arg, add_width_arg,  # noqa: E402
+                 check_common_args, run_cli)
 from files import write_json  # noqa: E402
 
 
@@ -30,6 +31,7 @@ def main():
     p = Parser(__doc__)
     add_common_args(p, out_default="runs/profile", out_help="folder for profile.json and trace.json")
     add_width_arg(p)
+    add_precision_arg(p)
     p.add_argument("--warmup", type=int, default=30, help="steps before anything is measured (default: 30)")
     p.add_argument("--steps", type=int, default=20, help="steps timed, then steps profiled (default: 20)")
     p.add_argument("--lr", type=float, default=0.1, help="constant LR of the profiled steps (default: 0.1)")
@@ -39,14 +41,14 @@ def main():
     check_common_args(args)
     if args.warmup < 1 or args.steps < 1:
         raise UserError("--warmup and --steps must be at least 1")
-    cuda = args.device == "cuda"
+    cuda, precision = args.device == "cuda", engine.resolve_precision(args.precision, args.device)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     loader, _ = data.make_loaders(data.load_cifar10(args.data), args.bs, args.device, args.seed, args.subset)
     raw = engine.build_model(args.seed, args.device, args.width)
     model = engine.compile_model(raw, args.compile)
     optimizer = engine.make_optimizer(raw, args.lr)
-    trainer = engine.create_trainer(model, optimizer, nn.CrossEntropyLoss(), args.device)
+    trainer = engine.create_trainer(model, optimizer, nn.CrossEntropyLoss(), args.device, precision)
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     prof = torch.profiler.profile(activities=activities)
     w, n = args.warmup, args.steps
@@ -80,9 +82,9 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(out / "trace.json"))
     result = {"step_ms": step_ms, "host_ms": host_ms, "images_per_s": args.bs * 1000 / step_ms, "bs": args.bs,
-              "compile": args.compile, "warmup": w, "steps": n, "versions": engine.versions(args.device)}
+              "compile": args.compile, "precision": precision, "warmup": w, "steps": n, "versions": engine.versions(args.device)}
     write_json(out / "profile.json", result)
-    print(f"step {step_ms:.2f} ms (synchronised, {result['images_per_s']:,.0f} img/s), host {host_ms:.2f} ms/step "
+    print(f"step {step_ms:.2f} ms ({precision}, synchronised, {result['images_per_s']:,.0f} img/s), host {host_ms:.2f} ms/step "
           f"issuing it ({100 * host_ms / step_ms:.0f} %); bs {args.bs}, {'compile ' + args.compile if args.compile else 'eager'}"
           f" -> {out}")
 

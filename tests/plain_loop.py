@@ -2,7 +2,8 @@
 the network (model.py) and the batches it is given. The LR and momentum are set by hand at every iteration from
 the README's formula; test_plain_loop.py holds train.py to this loop, so the README and the trainer cannot drift
 apart. Defaults are the README's: SGD with Nesterov momentum 0.9 (constant), weight decay 5e-4 on every parameter,
-plain cross-entropy on the logits (the softmax lives in the loss)."""
+plain cross-entropy on the logits (the softmax lives in the loss); weights channels-last; the forward pass under
+autocast at `precision` (bf16 or fp16 with torch's gradient scaler), as train.py's --precision says."""
 import torch
 import torch.nn.functional as F
 
@@ -19,14 +20,16 @@ def one_cycle(it, peak, last, start, top):
 
 def train_plain(epoch_batches, iters_per_epoch, epochs, peak_epoch, lr_min, lr_max, seed=0, width=1.0,
                 momentum=(0.9, 0.9), weight_decay=5e-4, bn_decay=True, bn_lr_scale=1.0, bn_weight="learned",
-                label_smoothing=0.0, evaluate=None):
+                label_smoothing=0.0, evaluate=None, precision="fp32", device="cpu"):
     """Train from the weights ResNet9 gets after torch.manual_seed(seed). `epoch_batches()` returns one epoch's
     (images, labels) batches; `evaluate(model)`, if given, runs after every epoch. The 1-D parameters (batch-norm
     weights and biases, the classifier's bias) run at bn_lr_scale x the LR with weight decay / bn_lr_scale, or none
     without bn_decay; bn_weight "frozen" holds the batch-norm weights at 1. Returns (model, per-epoch [(train loss,
     train accuracy, evaluate's result)])."""
     torch.manual_seed(seed)
-    model = ResNet9(width=width)
+    model = ResNet9(width=width).to(device, memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
     if bn_weight == "frozen":
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -44,11 +47,13 @@ def train_plain(epoch_batches, iters_per_epoch, epochs, peak_epoch, lr_min, lr_m
                 group["lr"] = one_cycle(it, peak, last, lr_min, lr_max) * group["scale"]
                 group["momentum"] = one_cycle(it, peak, last, momentum[0], momentum[1])
             model.train()
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()  # a no-op scaler unless fp16
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
@@ -57,12 +62,14 @@ def train_plain(epoch_batches, iters_per_epoch, epochs, peak_epoch, lr_min, lr_m
 
 
 @torch.no_grad()
-def evaluate_plain(model, batches):
+def evaluate_plain(model, batches, precision="fp32"):
     """(mean cross-entropy, accuracy) over the batches, in eval mode."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     for x, y in batches:
-        logits = model(x)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)

@@ -135,6 +135,9 @@ def test_cli_end_to_end_on_cpu(tmp_path):
                    "--bs", "64", "--num-iter", "40", "--sweeps", "2", "--width", "0.5")  # start LR: for 40 iterations
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("LR range test: 2 sweep(s) of 40 iterations, LR 0.001 -> 10"), r.stdout  # said first
+    progress = [line.split() for line in r.stdout.splitlines() if line.strip().startswith("sweep ")]
+    assert [p[1] for p in progress] == ["1/2", "2/2"], r.stdout  # a line per sweep: time so far, the rest
+    assert progress[0][-1] == "left" and progress[1][-2] == "0:00:00", r.stdout
     res = json.loads((tmp_path / "lr_range.json").read_text())
     assert res["sweeps"] == 2 and len(res["sweep_losses"]) == 2  # the rule reads their LR-by-LR mean
     n = len(res["losses"])

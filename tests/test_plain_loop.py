@@ -19,10 +19,11 @@ def test_readme_formula_is_the_one_cycle():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flags, plain", [
-    ([], {}),  # the defaults, as the README states them
-    (["--no-bn-decay", "--label-smoothing", "0.2", "--momentum", "0.95", "0.85", "--pad-fill", "reflect"],
+    (["--precision", "fp32"], {}),  # the defaults, as the README states them, in float32
+    (["--precision", "bf16"], {"precision": "bf16"}),  # and in bf16 (auto's choice on many CPUs and GPUs)
+    (["--precision", "fp32", "--no-bn-decay", "--label-smoothing", "0.2", "--momentum", "0.95", "0.85", "--pad-fill", "reflect"],
      {"bn_decay": False, "label_smoothing": 0.2, "momentum": (0.95, 0.85), "pad_fill": "reflect"}),
-    (["--bn-lr-scale", "8", "--bn-weight", "frozen"], {"bn_lr_scale": 8.0, "bn_weight": "frozen"}),  # the 1-D
+    (["--precision", "fp32", "--bn-lr-scale", "8", "--bn-weight", "frozen"], {"bn_lr_scale": 8.0, "bn_weight": "frozen"}),  # the 1-D
     # parameters' own LR and decay, the batch-norm weights held at 1
 ])
 def test_train_py_equals_the_plain_loop(tmp_path, flags, plain):
@@ -32,16 +33,16 @@ def test_train_py_equals_the_plain_loop(tmp_path, flags, plain):
                    "--out", out, *flags)
     assert r.returncode == 0, r.stderr
 
-    pad_fill = plain.pop("pad_fill", "zero")
+    pad_fill, precision = plain.pop("pad_fill", "zero"), plain.get("precision", "fp32")
     train_loader, eval_loader = data.make_loaders(data.load_cifar10(DATA), BS, "cpu", seed=3, subset=SUBSET,
                                                   pad_fill=pad_fill)  # the very batches train.py drew
     model, history = train_plain(lambda: iter(train_loader), len(train_loader), EPOCHS, PEAK, LR_MIN, LR_MAX, seed=3,
-                                 width=WIDTH, evaluate=lambda m: evaluate_plain(m, eval_loader), **plain)
+                                 width=WIDTH, evaluate=lambda m: evaluate_plain(m, eval_loader, precision), **plain)
 
     saved = torch.load(out / f"checkpoint_{EPOCHS}.pt", weights_only=True)["model"]
     mine = model.state_dict()
     assert saved.keys() == mine.keys()
-    for k in saved:  # float32 on one CPU: the same operations in the same order, up to the LR's last bits
+    for k in saved:  # one CPU: the same operations in the same order, up to the LR's last bits
         torch.testing.assert_close(saved[k], mine[k], rtol=1e-4, atol=1e-5, msg=k)
     epochs = json.loads((out / "metrics.json").read_text())["epochs"]
     for e, (train_loss, train_acc, (eval_loss, eval_acc)) in zip(epochs, history, strict=True):

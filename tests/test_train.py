@@ -41,6 +41,9 @@ def test_smoke_run_writes_every_artefact_and_learns(smoke_run):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["lr_source"] == "flags" and cfg["versions"]["torch"] == torch.__version__
     assert "test accuracy" in r.stdout.strip().splitlines()[-1]
+    table = [line.split() for line in r.stdout.splitlines() if line.split() and line.split()[0] in "123"]
+    assert [t[0] for t in table] == ["1", "2", "3"] and table[-1][-1] == "0:00:00", r.stdout  # nothing left at the end
+    assert all(t[-2].count(":") == 2 for t in table), r.stdout  # the time so far, h:mm:ss
 
 
 @pytest.mark.slow
@@ -356,25 +359,55 @@ def test_bench_runs_on_cpu(tmp_path):
     assert "img/s" in r.stdout
 
 
-def test_gpu_code_path_runs_on_a_cpu(tmp_path, monkeypatch):
-    """CI has no GPU, so force the CUDA-only choices (bf16 autocast, channels-last weights) on the CPU: the step,
-    EMA, both evaluators, the NaN check and the checkpoint must all cope with bf16 activations."""
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_runs_end_to_end(tmp_path, precision):
+    """The GPUs' paths run on the CPU too (torch's CPU autocast, fp16's gradient scaler): the step, EMA, both
+    evaluators, the NaN check and the checkpoint cope with bf16/fp16 activations, and the weights stay float32."""
     import matplotlib
 
     matplotlib.use("Agg")
-    monkeypatch.setattr(engine, "gpu_path", lambda device: True)
-    with engine.autocast("cpu"):
-        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    raw = engine.build_model(0, "cpu")
-    assert raw.prep[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with engine.autocast("cpu", precision):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == engine.DTYPES[precision]
+    assert engine.build_model(0, "cpu", width=0.25).prep[0].weight.is_contiguous(memory_format=torch.channels_last)
     cfg = train.Config(data=str(DATA), out=str(tmp_path / "run"), device="cpu", subset=64, bs=16, epochs=2,
-                       peak_epoch=1, lr_min=0.01, lr_max=0.1, ema_half_life=1.5, label_smoothing=0.1, width=0.25)
+                       peak_epoch=1, lr_min=0.01, lr_max=0.1, ema_half_life=1.5, label_smoothing=0.1, width=0.25,
+                       precision=precision, tensorboard=False)
     summary = train.train(cfg)
     epochs = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
     assert all(math.isfinite(e["train_loss"]) and math.isfinite(e["eval_loss"]) for e in epochs)
     assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["tta_accuracy"] <= 1
-    state = torch.load(tmp_path / "run" / "checkpoint_2.pt", weights_only=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == precision
+    state = torch.load(tmp_path / "run" / "checkpoint_2.pt", weights_only=True)
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())  # master weights
+    assert ("scaler" in state) == (precision == "fp16") and state.get("scaler", {"scale": 1.0})["scale"] > 0
+
+
+@pytest.mark.parametrize("cuda, capability, cpu_bf16, picked", [
+    (True, (9, 0), False, "bf16"), (True, (8, 0), False, "bf16"),  # H100/H200, A100: bf16 tensor cores
+    (True, (7, 5), True, "fp16"), (True, (7, 0), True, "fp16"),  # T4, V100: fp16 tensor cores only
+    (True, (6, 0), True, "fp32"),  # P100: no tensor cores
+    (False, None, True, "bf16"), (False, None, False, "fp32"),  # a CPU with AVX512-BF16 or AMX; one without
+])
+def test_auto_precision_follows_what_the_device_computes(monkeypatch, cuda, capability, cpu_bf16, picked):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(engine, "cpu_computes_bf16", lambda: cpu_bf16)
+    device = "cuda" if cuda else "cpu"
+    assert engine.resolve_precision("auto", device) == picked
+    assert engine.resolve_precision("fp32", device) == "fp32"  # a flag forces the choice
+    assert (engine.make_scaler("cpu", picked) is not None) == (picked == "fp16")
+
+
+def test_cpu_bf16_probe_reads_the_cpu_flags(monkeypatch, tmp_path):
+    import builtins
+
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.delattr(torch.cpu, name, raising=False)  # an older torch: the flags of /proc/cpuinfo decide
+    real_open = builtins.open
+    for flags, expected in (("fpu avx512f avx512_bf16 sse", True), ("fpu amx_bf16", True), ("fpu avx512f", False)):
+        (tmp_path / "cpuinfo").write_text(f"model name : X\nflags : {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(tmp_path / "cpuinfo" if f == "/proc/cpuinfo"
+                                                                           else f, *a, **k))
+        assert engine.cpu_computes_bf16() is expected
 
 
 @pytest.mark.slow
