@@ -1,17 +1,18 @@
-"""CIFAR-10 that lives on the training device, with the exercise's augmentation done there in batched passes.
+"""CIFAR-10 that lives on the training device, with the exercise's augmentation done there in
+batched passes.
 
-    python data.py --data DIR --out aug.png      # a grid of augmented training images with class names
+    python data.py --data DIR --out aug.png      # a grid of augmented images with class names
 
-Loading: DIR holds `cifar10_train.npz` + `cifar10_test.npz` (arrays `images` uint8 Nx32x32x3, `labels`), or
-torchvision's `cifar-10-batches-py`; with neither, torchvision's download is tried once.
-Augmentation (training only), per image, in one pass over a batch on the device:
-RandomCrop(32) of the image zero-padded by 4 -> horizontal flip (p=0.5; or `flip="alternate"`: every other
-epoch) -> Cutout 8x8 (centre uniform over the image, clipped at the border; or `cutout="inside"`: always whole
-inside it; filled with the channel mean = 0 after normalisation) -> normalise with the training set's mean/std.
-The random draws come from a CPU generator seeded by (seed, epoch), so a run is reproducible and resumable, and
-the CPU and GPU see the same augmentations.
-Epochs: every training image once per epoch in a fresh order; the last batch is partial (50,000 / 512 -> 98
-iterations, the 98th has 336 images) rather than dropped, so no image is skipped in any epoch.
+Loading: DIR holds `cifar10_train.npz` + `cifar10_test.npz` (arrays `images` uint8 Nx32x32x3,
+`labels`), or torchvision's `cifar-10-batches-py`; with neither, torchvision's download is tried
+once. Augmentation (training only), per image, in one pass over a batch on the device:
+RandomCrop(32) of the image zero-padded by 4 -> horizontal flip (p=0.5) -> Cutout 8x8 (centre
+uniform over the image, clipped at the border; filled with the channel mean = 0 after normalisation)
+-> normalise with the training set's mean/std. The random draws come from a CPU generator seeded by
+(seed, epoch), so a run is reproducible and resumable, and the CPU and GPU see the same
+augmentations. Epochs: every training image once per epoch in a fresh order; the last batch is
+partial (50,000 / 512 -> 98 iterations, the 98th has 336 images) rather than dropped, so no image is
+skipped.
 """
 import pickle
 import shutil
@@ -22,23 +23,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import (CUTOUT_MODE, CUTOUTS, FLIP, FLIPS, PAD_FILL, PAD_FILLS, Parser, UserError, add_common_args,
-                 check_common_args, run_cli)
+import config
+from cli import Parser, UserError, pick_device, run_cli
 from files import check_figure_path, save_figure
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PAD, CROP, CUTOUT = 4, 32, 8  # pixels
 
 
-# ---------------------------------------------------------------------------------------------- loading
+# --- loading
 
 
 def _check_split(path, images, labels):
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-        raise UserError(f"{path}: images must be uint8 Nx32x32x3, got {images.dtype} {images.shape}")
+        raise UserError(f"{path}: images must be uint8 Nx32x32x3, got {images.dtype} "
+                        f"{images.shape}")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise UserError(f"{path}: labels must be a vector of {len(images)} entries, got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer) or len(labels) == 0 or labels.min() < 0 or labels.max() > 9:
+        raise UserError(f"{path}: labels must be a vector of {len(images)} entries, got shape "
+                        f"{labels.shape}")
+    integers = np.issubdtype(labels.dtype, np.integer) and len(labels) > 0
+    if not integers or labels.min() < 0 or labels.max() > 9:
         raise UserError(f"{path}: labels must be integers in 0..9")
     return images, labels.astype(np.int64)
 
@@ -47,7 +51,8 @@ def _load_npz(path):
     try:
         with np.load(path) as z:
             if "images" not in z.files or "labels" not in z.files:
-                raise UserError(f"{path}: needs arrays 'images' and 'labels', found {sorted(z.files)}")
+                raise UserError(f"{path}: needs arrays 'images' and 'labels', found "
+                                f"{sorted(z.files)}")
             images, labels = z["images"], z["labels"]
     except UserError:
         raise
@@ -59,8 +64,9 @@ def _load_npz(path):
 
 
 class _ArraysOnly(pickle.Unpickler):
-    """torchvision's CIFAR-10 batches are pickles, and a pickle can run any code: this one rebuilds numpy arrays
-    and plain containers and refuses every other global, so a batch file from elsewhere cannot run code."""
+    """torchvision's CIFAR-10 batches are pickles, and a pickle can run any code: this one rebuilds
+    numpy arrays and plain containers and refuses every other global, so a batch file from elsewhere
+    cannot run code."""
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
                ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
@@ -68,7 +74,8 @@ class _ArraysOnly(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch holds only arrays")
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch holds "
+                                         "only arrays")
         return super().find_class(module, name)
 
 
@@ -79,17 +86,20 @@ def _load_batches(folder, names):
         try:
             with open(path, "rb") as f:
                 d = _ArraysOnly(f, encoding="latin1").load()
-            images.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            chw = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            images.append(chw.transpose(0, 2, 3, 1))
             labels.append(np.asarray(d["labels"]))
         except FileNotFoundError:
             raise UserError(f"{path}: missing from torchvision's cifar-10-batches-py") from None
         except Exception as e:  # pickle raises many types on a damaged file
-            raise UserError(f"{path}: corrupt or truncated batch file ({type(e).__name__}: {e})") from None
+            raise UserError(f"{path}: corrupt or truncated batch file ({type(e).__name__}: "
+                            f"{e})") from None
     return _check_split(folder, np.concatenate(images), np.concatenate(labels))
 
 
 def load_cifar10(data_dir, download=True):
-    """Returns (train_images, train_labels, test_images, test_labels): uint8 NHWC arrays and int64 labels."""
+    """Returns (train_images, train_labels, test_images, test_labels): uint8 NHWC arrays and int64
+    labels."""
     root = Path(data_dir)
     if root.exists() and not root.is_dir():
         raise UserError(f"{root}: is a file; --data names the folder that holds CIFAR-10")
@@ -98,7 +108,8 @@ def load_cifar10(data_dir, download=True):
         splits = []
         for p, other in (pair, pair[::-1]):
             if not p.exists():
-                raise UserError(f"{p}: missing ({other.name} is there; the two files come as a pair)")
+                raise UserError(f"{p}: missing ({other.name} is there; the two files come as a "
+                                "pair)")
             splits += _load_npz(p)
         return tuple(splits)
     batches = root if root.name == "cifar-10-batches-py" else root / "cifar-10-batches-py"
@@ -111,46 +122,42 @@ def load_cifar10(data_dir, download=True):
         except Exception as e:
             if not existed:  # a failed download leaves no folder of its own behind
                 shutil.rmtree(root, ignore_errors=True)
-            reason = f"download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            raise UserError(f"no CIFAR-10 in {root} and {reason}; put cifar10_train.npz + cifar10_test.npz "
-                            "or torchvision's cifar-10-batches-py there (README.md, 'The data')") from None
+            first = str(e).splitlines()[0] if str(e) else ""
+            reason = f"download failed: {type(e).__name__}: {first}"
+            raise UserError(f"no CIFAR-10 in {root} and {reason}; put cifar10_train.npz + "
+                            "cifar10_test.npz or torchvision's cifar-10-batches-py there "
+                            "(README.md, 'The data')") from None
     if not batches.is_dir():
-        raise UserError(f"no CIFAR-10 in {root}: put cifar10_train.npz + cifar10_test.npz or cifar-10-batches-py there")
+        raise UserError(f"no CIFAR-10 in {root}: put cifar10_train.npz + cifar10_test.npz or "
+                        "cifar-10-batches-py there")
     return (*_load_batches(batches, [f"data_batch_{i}" for i in range(1, 6)]),
             *_load_batches(batches, ["test_batch"]))
 
 
-# ---------------------------------------------------------------------------------------------- augmentation
+# --- augmentation
 
 
 def channel_stats(images):
-    """Per-channel mean and std of uint8 NHWC images, in pixel units (0..255): exact, from 256-bin histograms,
-    computed wherever `images` lives (milliseconds on a GPU)."""
+    """Per-channel mean and std of uint8 NHWC images, in pixel units (0..255): exact, from 256-bin
+    histograms, computed wherever `images` lives (milliseconds on a GPU)."""
     x = torch.as_tensor(images)
     v = torch.arange(256, dtype=torch.float64, device=x.device)
-    hist = torch.stack([torch.bincount(x[..., c].reshape(-1), minlength=256) for c in range(3)]).double()
+    hist = torch.stack([torch.bincount(x[..., c].reshape(-1), minlength=256) for c in range(3)])
+    hist = hist.double()
     mean = (hist * v).sum(1) / hist.sum(1)
     std = ((hist * (v - mean[:, None]) ** 2).sum(1) / hist.sum(1)).sqrt()
     return mean, std
 
 
-# the settings of a run (train.Config, lr_range.RangeConfig) that shape the training images: make_loaders' arguments
-AUG_KEYS = ("pad_fill", "flip", "cutout")
-
-
-def aug_args(cfg):
-    return {k: getattr(cfg, k) for k in AUG_KEYS}
-
-
-def draw_augmentation(n, generator, cutout=CUTOUT_MODE):
-    """The random draws for n images: crop offsets in 0..2*PAD, flip flags, cutout centres in 0..CROP-1 (`clip`:
-    the square is cut off at the border, 56.25 pixels on average) or in CUTOUT/2..CROP-CUTOUT/2 (`inside`: the
-    square is always whole, 64 pixels). Both draw as many numbers, so the draws after them do not change."""
+def draw_augmentation(n, generator):
+    """The random draws for n images: crop offsets in 0..2*PAD, flip flags, cutout centres in
+    0..CROP-1 (the square is cut off at the image's border: 56.25 pixels on average, as in DeVries
+    and Taylor's Cutout)."""
     offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
-    lo, hi = (0, CROP) if cutout == "clip" else (CUTOUT // 2, CROP - CUTOUT // 2 + 1)
-    centre = torch.randint(lo, hi, (n, 2), generator=generator)
-    return {"dy": offsets[:, 0], "dx": offsets[:, 1], "flip": flip, "cy": centre[:, 0], "cx": centre[:, 1]}
+    centre = torch.randint(0, CROP, (n, 2), generator=generator)
+    return {"dy": offsets[:, 0], "dx": offsets[:, 1], "flip": flip,
+            "cy": centre[:, 0], "cx": centre[:, 1]}
 
 
 def normalise(x_u8_nhwc, mean, std):
@@ -159,16 +166,17 @@ def normalise(x_u8_nhwc, mean, std):
 
 
 def augment(padded, draws, mean, std):
-    """Crop -> flip -> normalise -> cutout for a batch of zero-padded uint8 NHWC images (B x 40 x 40 x 3).
-
-    The crop and the flip are one gather with per-image row/column indices; cutout is a mask multiply.
-    Cutout after normalisation with 0 is the same as filling with the channel mean before it.
-    """
+    """Crop -> flip -> normalise -> cutout for a batch of zero-padded uint8 NHWC images (B x 40 x 40
+    x 3). The crop and the flip are one gather with per-image row/column indices; cutout is a mask
+    multiply. Cutout after normalisation with 0 is the same as filling with the channel mean before
+    it."""
     dev = padded.device
-    dy, dx, flip, cy, cx = (draws[k].to(dev, non_blocking=True) for k in ("dy", "dx", "flip", "cy", "cx"))
+    dy, dx, flip, cy, cx = (draws[k].to(dev, non_blocking=True)
+                            for k in ("dy", "dx", "flip", "cy", "cx"))
     r = torch.arange(CROP, device=dev)
     rows = dy[:, None] + r  # B x 32
-    cols = dx[:, None] + torch.where(flip[:, None], CROP - 1 - r, r)  # a flip reads the columns backwards
+    # a flip reads the columns backwards
+    cols = dx[:, None] + torch.where(flip[:, None], CROP - 1 - r, r)
     b = torch.arange(len(padded), device=dev)[:, None, None]
     x = normalise(padded[b, rows[:, :, None], cols[:, None, :]], mean, std)
     h = CUTOUT // 2
@@ -178,62 +186,49 @@ def augment(padded, draws, mean, std):
     return x * keep[:, None].to(x.dtype)
 
 
-def pad(x, fill=PAD_FILL, mean=None):
-    """uint8 NHWC images padded by PAD on each side for the random crop: black (`zero`, torchvision's default), the
-    image mirrored at its edge (`reflect`, numpy's mode, as David Page's and airbench's loaders do) or the
-    training set's channel mean (`mean`: 0 after normalisation, as cutout fills)."""
-    if fill not in PAD_FILLS:
-        raise UserError(f"--pad-fill must be one of {', '.join(PAD_FILLS)}, got {fill}")
-    if fill == "reflect":
-        i = torch.arange(-PAD, CROP + PAD, device=x.device).abs()
-        i = torch.where(i > CROP - 1, 2 * (CROP - 1) - i, i)  # -1 -> 1, 32 -> 30: the edge pixel is not repeated
-        return x[:, i][:, :, i]
-    out = F.pad(x, (0, 0, PAD, PAD, PAD, PAD))
-    if fill == "mean":
-        ring = torch.ones(CROP + 2 * PAD, CROP + 2 * PAD, dtype=torch.bool, device=x.device)
-        ring[PAD:-PAD, PAD:-PAD] = False
-        out[:, ring] = mean.round().to(torch.uint8).to(x.device)
-    return out
+def pad(x):
+    """uint8 NHWC images zero-padded by PAD on each side for the random crop (torchvision's default
+    fill)."""
+    return F.pad(x, (0, 0, PAD, PAD, PAD, PAD))
 
 
 def shard(n, rank, world):
-    """(start, stop) of process `rank`'s part of n consecutive items: parts differ by at most one item."""
+    """(start, stop) of process `rank`'s part of n consecutive items: parts differ by at most one
+    item."""
     base, extra = divmod(n, world)
     start = rank * base + min(rank, extra)
     return start, start + base + (rank < extra)
 
 
 class Loader:
-    """Batches of a device-resident uint8 split: augmented and reshuffled per epoch if train, else plain and in order.
+    """Batches of a device-resident uint8 split: augmented and reshuffled per epoch if train, else
+    plain and in order.
 
-    `epoch` counts the passes made so far; it seeds the pass's shuffle and draws, so setting it resumes exactly.
-    With `world` processes (torchrun), process `rank` holds the whole training set, draws the same order and
-    augmentation as every other process and takes its slice of each global batch, so the union of the slices is
-    the one-process batch; of the evaluation set it holds only its own consecutive part.
+    `epoch` counts the passes made so far; it seeds the pass's shuffle and draws, so setting it
+    resumes exactly. With `world` processes (torchrun), process `rank` holds the whole training set,
+    draws the same order and augmentation as every other process and takes its slice of each global
+    batch, so the union of the slices is the one-process batch; of the evaluation set it holds only
+    its own consecutive part.
     """
 
-    def __init__(self, images, labels, batch_size, mean, std, device, train, seed=0, rank=0, world=1,
-                 pad_fill=PAD_FILL, drop_last=False, flip=FLIP, cutout=CUTOUT_MODE):
-        if flip not in FLIPS:
-            raise UserError(f"--flip must be one of {', '.join(FLIPS)}, got {flip}")
-        if cutout not in CUTOUTS:
-            raise UserError(f"--cutout must be one of {', '.join(CUTOUTS)}, got {cutout}")
-        self.cutout = cutout
-        self.device, self.train, self.seed, self.epoch, self.flip = torch.device(device), train, seed, 0, flip
-        self.batch_size, self.rank, self.world, self.drop_last = batch_size, rank, world, drop_last and train
-        self.mean, self.std = mean.to(self.device), std.to(self.device)
+    def __init__(self, images, labels, batch_size, stats, device, train, seed=0, rank=0, world=1):
+        self.device, self.train, self.seed, self.epoch = torch.device(device), train, seed, 0
+        self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.mean, self.std = (t.to(self.device) for t in stats)
         x, y = torch.as_tensor(images).to(self.device), torch.as_tensor(labels).to(self.device)
         if not train:
             parts = [shard(len(y), r, world) for r in range(world)]
-            self.sizes = [b - a for a, b in parts]  # evaluation rows each process holds, to gather predictions
+            # evaluation rows each process holds, to gather predictions
+            self.sizes = [b - a for a, b in parts]
             a, b = parts[rank]
             x, y = x[a:b], y[a:b]
         self.labels, self.n = y, len(y)
-        # training keeps uint8, padded once (small, cheap to gather); evaluation keeps the normalised floats
-        self.x = pad(x, pad_fill, self.mean) if train else normalise(x, self.mean, self.std)
+        # training keeps uint8, padded once (small, cheap to gather); evaluation keeps the
+        # normalised floats
+        self.x = pad(x) if train else normalise(x, self.mean, self.std)
 
     def __len__(self):
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        return -(-self.n // self.batch_size)
 
     def __iter__(self):
         if not self.train:
@@ -242,23 +237,22 @@ class Loader:
             return
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g)
-        draws = draw_augmentation(self.n, g, self.cutout)
-        if self.flip == "alternate":  # airbench: each image flipped in every other epoch, which side first by a coin
-            first = torch.rand(self.n, generator=torch.Generator().manual_seed(self.seed)) < 0.5
-            draws["flip"] = first[order] ^ bool(self.epoch % 2)
+        draws = draw_augmentation(self.n, g)
         self.epoch += 1
         order = order.to(self.device, non_blocking=True)
         draws = {k: v.to(self.device, non_blocking=True) for k, v in draws.items()}
-        for i in range(0, len(self) * self.batch_size, self.batch_size):
-            a, b = shard(min(self.batch_size, self.n - i), self.rank, self.world)  # this process's part
+        for i in range(0, self.n, self.batch_size):
+            # this process's part
+            a, b = shard(min(self.batch_size, self.n - i), self.rank, self.world)
             idx = order[i + a:i + b]
             sel = {k: v[i + a:i + b] for k, v in draws.items()}
             yield augment(self.x[idx], sel, self.mean, self.std), self.labels[idx]
 
 
 def split_data(arrays, subset=0, val=0):
-    """(train_x, train_y, eval_x, eval_y, eval_name): the first `subset` images of each split if subset > 0; with
-    val > 0 the last `val` training images become the evaluation set and the test set is not used at all."""
+    """(train_x, train_y, eval_x, eval_y, eval_name): the first `subset` images of each split if
+    subset > 0; with val > 0 the last `val` training images become the evaluation set and the test
+    set is not used at all."""
     tx, ty, sx, sy = arrays
     name = "test"
     if val:
@@ -270,64 +264,53 @@ def split_data(arrays, subset=0, val=0):
     return tx, ty, sx, sy, name
 
 
-def make_loaders(arrays, batch_size, device, seed=0, subset=0, val=0, eval_batch_size=1000, rank=0, world=1,
-                 pad_fill=PAD_FILL, drop_last=False, flip=FLIP, cutout=CUTOUT_MODE):
-    """Train and evaluation loaders on `device`. Mean/std come from all loaded training images (never the test set).
-    `batch_size` is the global batch; with `world` processes this one yields its slice (see Loader). drop_last
-    skips each epoch's partial last batch (its images are the ones the shuffle put last)."""
-    arrays = [torch.as_tensor(a).to(device) for a in arrays]  # one upload; all slicing happens on the device
-    mean, std = channel_stats(arrays[0][:-val] if val else arrays[0])
-    tx, ty, sx, sy, name = split_data(arrays, subset, val)
-    if drop_last and len(tx) < batch_size:
-        raise UserError(f"--drop-last with {len(tx)} training images in batches of {batch_size} leaves no batch")
-    if 0 < len(tx) % batch_size < world and not drop_last or len(sx) < world:
-        raise UserError(f"{len(tx)} training images in batches of {batch_size} leave a last batch, or {len(sx)} "
-                        f"evaluation images leave a part, too small for {world} processes: change --subset or --bs")
-    train = Loader(tx, ty, batch_size, mean, std, device, train=True, seed=seed, rank=rank, world=world,
-                   pad_fill=pad_fill, drop_last=drop_last, flip=flip, cutout=cutout)
-    evaluation = Loader(sx, sy, eval_batch_size, mean, std, device, train=False, rank=rank, world=world)
+def make_loaders(arrays, cfg, device, rank=0, world=1):
+    """Train and evaluation loaders on `device` for the settings `cfg` (bs, seed, subset, val,
+    eval_bs). Mean/std come from all loaded training images (never the test set). cfg.bs is the
+    global batch; with `world` processes this one yields its slice (see Loader)."""
+    # one upload; all slicing on the device
+    arrays = [torch.as_tensor(a).to(device) for a in arrays]
+    stats = channel_stats(arrays[0][:-cfg.val] if cfg.val else arrays[0])
+    tx, ty, sx, sy, name = split_data(arrays, cfg.subset, cfg.val)
+    if 0 < len(tx) % cfg.bs < world or len(sx) < world:
+        raise UserError(f"{len(tx)} training images in batches of {cfg.bs} leave a last batch, or "
+                        f"{len(sx)} evaluation images leave a part, too small for {world} "
+                        "processes: "
+                        "change --subset or --bs")
+    train = Loader(tx, ty, cfg.bs, stats, device, train=True, seed=cfg.seed, rank=rank, world=world)
+    evaluation = Loader(sx, sy, cfg.eval_bs, stats, device, train=False, rank=rank, world=world)
     evaluation.name = name
     return train, evaluation
 
 
-def plain_train_loader(arrays, train_loader, subset=0, val=0):
-    """The run's training images as they are (no augmentation, in order, normalised like the rest), in the
-    training loader's global batches, whole on every process: what engine.recompute_bn_stats reads."""
-    tx, ty = split_data(arrays, subset, val)[:2]
-    return Loader(tx, ty, train_loader.batch_size, train_loader.mean, train_loader.std, train_loader.device,
-                  train=False)
-
-
-# ---------------------------------------------------------------------------------------------- the grid
-
-
 def main(argv=None):
     p = Parser(__doc__)
-    add_common_args(p, out_default="aug.png", out_help="PNG file for the grid of augmented images")
-    p.add_argument("--rows", type=int, default=4, help="rows (and twice as many columns) in the grid (default: 4)")
+    config.add_args(p, config.COMMON, out=("aug.png", "PNG file for the grid of augmented images"))
+    p.add_argument("--rows", type=int, default=4,
+                   help="rows (and twice as many columns) in the grid (default: 4)")
     args = p.parse_args(argv)
-    check_common_args(args, slow=False)
-    check_figure_path(args.out)
     if args.rows <= 0:
         raise UserError(f"--rows must be positive, got {args.rows}")
+    cfg = config.from_args(args, bs=2 * args.rows ** 2, device=pick_device(args.device, False))
+    check_figure_path(cfg.out)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = args.rows * args.rows * 2
-    arrays = load_cifar10(args.data)
-    train, _ = make_loaders(arrays, batch_size=n, device=args.device, seed=args.seed, subset=args.subset)
+    train, _ = make_loaders(load_cifar10(cfg.data), cfg, cfg.device)
     x, y = next(iter(train))
-    pix = (x.permute(0, 2, 3, 1) * train.std.float() + train.mean.float()).clamp(0, 255).byte().cpu().numpy()
-    fig, axes = plt.subplots(args.rows, 2 * args.rows, figsize=(2 * args.rows * 1.6, args.rows * 1.8))
+    pix = (x.permute(0, 2, 3, 1) * train.std.float() + train.mean.float()).clamp(0, 255)
+    pix = pix.byte().cpu().numpy()
+    rows = args.rows
+    fig, axes = plt.subplots(rows, 2 * rows, figsize=(2 * rows * 1.6, rows * 1.8))
     for ax, img, label in zip(axes.flat, pix, y.tolist()):
         ax.imshow(img)
         ax.set_title(CLASSES[label], fontsize=9)
         ax.axis("off")
     fig.suptitle("What the network sees: crop (pad 4) -> flip -> cutout 8x8 (grey = channel mean)")
-    save_figure(fig, args.out)
-    print(f"wrote {args.out} ({len(pix)} augmented training images, seed {args.seed})")
+    save_figure(fig, cfg.out)
+    print(f"wrote {cfg.out} ({len(pix)} augmented training images, seed {cfg.seed})")
 
 
 if __name__ == "__main__":

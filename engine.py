@@ -1,5 +1,6 @@
-"""The training machinery train.py and lr_range.py share: the model as it runs (precision chosen per device,
-memory layout, compilation), THE training step, the evaluator, and the per-epoch totals. Nothing here reads flags or writes files."""
+"""The training machinery train.py and lr_range.py share: the model as it runs (precision chosen per
+device, memory layout, compilation), THE training step, the evaluator, and the per-epoch totals.
+Nothing here reads flags or writes files."""
 import platform
 
 import ignite.distributed as idist
@@ -9,19 +10,22 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 from ignite.metrics import Accuracy, Loss
 
-from cli import BN_WEIGHT, INIT, PRECISIONS, UserError
-from model import LOGIT_SCALE, ResNet9
+from cli import UserError
+from config import PRECISIONS
+from model import ResNet9
 
-EMA_EVERY = 5  # iterations between EMA updates: 1/5 of the launch overhead, the same average over ~epochs
+# iterations between EMA updates: 1/5 of the launch overhead, the same average over ~epochs
+EMA_EVERY = 5
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def cpu_computes_bf16():
-    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), which oneDNN's bf16 convolutions use;
-    without them bf16 is emulated and slower than float32."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), which oneDNN's bf16
+    convolutions use; without them bf16 is emulated and slower than float32."""
+    probes = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if any(p is not None for p in probes):
         return any(p() for p in probes if p is not None)
     try:  # an older torch without the probes: the kernel's CPU flags (Linux)
@@ -32,9 +36,10 @@ def cpu_computes_bf16():
 
 
 def auto_precision(device):
-    """What --precision auto picks: bf16 autocast where the hardware computes bf16 natively (GPUs of compute
-    capability 8.0 and up: A100, H100, RTX 30xx/40xx; CPUs with AVX512-BF16 or AMX); fp16 autocast with a
-    gradient scaler on GPUs whose tensor cores have fp16 only (7.x: V100, T4); float32 elsewhere."""
+    """What --precision auto picks: bf16 autocast where the hardware computes bf16 natively (GPUs of
+    compute capability 8.0 and up: A100, H100, RTX 30xx/40xx; CPUs with AVX512-BF16 or AMX); fp16
+    autocast with a gradient scaler on GPUs whose tensor cores have fp16 only (7.x: V100, T4);
+    float32 elsewhere."""
     device = torch.device(device)
     if device.type == "cuda":
         major = torch.cuda.get_device_capability(device)[0]
@@ -49,74 +54,50 @@ def resolve_precision(precision, device):
 
 
 def autocast(device, precision="fp32"):
-    """The forward pass's autocast: matrix products and convolutions in bf16/fp16 with float32 master weights,
-    batch norm and loss (torch's autocast lists); a no-op at fp32."""
-    return torch.autocast(torch.device(device).type, dtype=DTYPES[precision], enabled=precision != "fp32")
+    """The forward pass's autocast: matrix products and convolutions in bf16/fp16 with float32
+    master weights, batch norm and loss (torch's autocast lists); a no-op at fp32."""
+    return torch.autocast(torch.device(device).type, dtype=DTYPES[precision],
+                          enabled=precision != "fp32")
 
 
 def make_scaler(device, precision):
-    """fp16's gradient scaler (fp16 gradients underflow without it); None for bf16 and fp32, which need none."""
+    """fp16's gradient scaler (fp16 gradients underflow without it); None for bf16 and fp32, which
+    need none."""
     return torch.amp.GradScaler(torch.device(device).type) if precision == "fp16" else None
 
 
-# the settings of a run (train.Config, lr_range.RangeConfig) that shape the network: model.ResNet9's arguments
-NET_KEYS = ("width", "init", "logit_scale", "ghost_bn", "bn_weight")
-
-
-def net_args(cfg):
-    return {k: getattr(cfg, k) for k in NET_KEYS}
-
-
-def build_model(seed, device, width=1.0, init=INIT, logit_scale=LOGIT_SCALE, ghost_bn=0, bn_weight=BN_WEIGHT):
-    """The ResNet-9 (channels x width, logits x logit_scale, `init`: one of cli.INITS, ghost batch norm over groups
-    of ghost_bn images, batch-norm weights learned or frozen) with seeded initial weights, on `device`, its weights
-    channels-last like the images data.py makes: the fast layout of oneDNN's CPU convolutions at fp32 and bf16
-    alike (measured, docs/speed.md) and of the GPUs' tensor cores."""
+def build_model(seed, device, width=1.0):
+    """The ResNet-9 (channels x width) with seeded initial weights on `device`, its weights
+    channels-last like the images data.py makes: the fast layout of oneDNN's CPU convolutions at
+    fp32 and bf16 alike (docs/speed.md) and of the GPUs' tensor cores."""
     torch.manual_seed(seed)
-    model = ResNet9(width=width, init=init, logit_scale=logit_scale, ghost_bn=ghost_bn, bn_weight=bn_weight).to(device)
+    model = ResNet9(width=width).to(device)
     if torch.device(device).type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once and keep the fastest
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its algorithms once
     return model.to(memory_format=torch.channels_last)
 
 
 def compile_model(model, mode, backend="inductor"):
-    """torch.compile with STATIC shapes: the partial last batch of an epoch gets a graph of its own instead of
-    switching every later full batch to a slower dynamic-shape graph. mode "" returns the model as it is."""
+    """torch.compile with STATIC shapes: the partial last batch of an epoch gets a graph of its own
+    instead of switching every later full batch to a slower dynamic-shape graph. mode "" returns the
+    model as it is."""
     if not mode:
         return model
-    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False, backend=backend)
+    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False,
+                         backend=backend)
 
 
-# The optimizer's defaults, for train.py and lr_range.py alike (the range test must see the run's training step).
-WEIGHT_DECAY = 5e-4
-BN_DECAY = True  # decay the 1-D parameters too
-BN_LR_SCALE = 1.0  # the 1-D parameters' LR / the convolutions' LR
-
-
-def make_optimizer(model, lr, momentum=0.9, weight_decay=WEIGHT_DECAY, bn_decay=BN_DECAY, bn_lr_scale=BN_LR_SCALE):
-    """SGD with Nesterov momentum. The 1-D parameters (batch-norm weights and biases, the classifier's bias) form a
-    second group when bn_decay=False (no weight decay on them) or bn_lr_scale != 1: their LR is then bn_lr_scale x
-    the first group's at every step (airbench's bias scaler), and their decay / bn_lr_scale, so that the decay's
-    pull per step (LR x decay) stays the same. Frozen parameters (requires_grad False) are left out."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not bn_decay or bn_lr_scale != 1:
-        params = [{"params": [p for p in params if p.ndim > 1]},
-                  {"params": [p for p in params if p.ndim <= 1], "lr": lr * bn_lr_scale, "lr_scale": bn_lr_scale,
-                   "weight_decay": weight_decay / bn_lr_scale if bn_decay else 0.0}]
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
-
-
-def follow_lr(optimizer):
-    """Every group with an lr_scale runs at the first group's LR (which the schedulers set) x that scale."""
-    for group in optimizer.param_groups[1:]:
-        if "lr_scale" in group:  # others keep whatever LR they were given
-            group["lr"] = optimizer.param_groups[0]["lr"] * group["lr_scale"]
+def make_optimizer(model, lr, momentum, weight_decay):
+    """SGD with Nesterov momentum and weight decay on every parameter, as David Page ran it."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True,
+                           weight_decay=weight_decay)
 
 
 def create_trainer(model, optimizer, loss_fn, device, precision="fp32"):
-    """THE training step, shared by train.py and lr_range.py. It returns device tensors only: nothing here waits
-    for the GPU, so the CPU can run ahead queueing kernels (statistics are read once per epoch). At fp16 the
-    trainer's `scaler` (a checkpoint saves it) scales the loss; elsewhere it is None."""
+    """THE training step, shared by train.py and lr_range.py. It returns device tensors only:
+    nothing here waits for the GPU, so the CPU can run ahead queueing kernels (statistics are read
+    once per epoch). At fp16 the trainer's `scaler` (a checkpoint saves it) scales the loss;
+    elsewhere it is None."""
     scaler = make_scaler(device, precision)
 
     def step(engine, batch):
@@ -127,7 +108,6 @@ def create_trainer(model, optimizer, loss_fn, device, precision="fp32"):
             loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler else loss).backward()
-        follow_lr(optimizer)  # here, after every scheduler of this iteration has set the LR
         if scaler:  # skips the step when a gradient overflowed, and adapts the scale
             scaler.step(optimizer)
             scaler.update()
@@ -141,15 +121,16 @@ def create_trainer(model, optimizer, loss_fn, device, precision="fp32"):
 
 
 def create_evaluator(model, device, precision="fp32", tta=False):
-    """Accuracy and loss over a plain loader (Ignite's metrics, summed over every process); with tta, logits
-    averaged with those of the horizontally flipped image."""
+    """Accuracy and loss over a plain loader (Ignite's metrics, summed over every process); with
+    tta, logits averaged with those of the horizontally flipped image."""
 
     def step(engine, batch):
         x, y = batch
         model.eval()
         with torch.inference_mode(), autocast(device, precision):
-            # a copy: a CUDA-graphed model (--compile reduce-overhead) may hand back the same output memory from
-            # its next call, which would silently turn the TTA average into the flipped logits alone
+            # a copy: a CUDA-graphed model (--compile reduce-overhead) may hand back the same output
+            # memory from its next call, which would silently turn the TTA average into the flipped
+            # logits alone
             logits = model(x).to(torch.float32, copy=True)
             if tta:
                 logits = (logits + model(x.flip(3)).to(torch.float32, copy=True)) / 2
@@ -161,48 +142,31 @@ def create_evaluator(model, device, precision="fp32", tta=False):
     return evaluator
 
 
-@torch.no_grad()
-def recompute_bn_stats(model, batches, device, precision="fp32"):
-    """Every batch-norm layer's running mean and variance replaced by the plain average of its batch statistics
-    over `batches` (weights untouched): the statistics of what those batches hold, not a momentum-0.1 trail of the
-    augmented batches seen while the weights were still moving."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # None: a cumulative average over the batches
-    was_training = model.training
-    model.train()
-    try:
-        for x, _ in batches:
-            with autocast(device, precision):
-                model(x)
-    finally:
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-        model.train(was_training)
-
-
 def ema_momentum(half_life_epochs, iters_per_epoch):
-    """Ignite's EMAHandler momentum (the weight of the CURRENT weights per update) for a half-life in epochs."""
+    """Ignite's EMAHandler momentum (the weight of the CURRENT weights per update) for a half-life
+    in epochs."""
     updates = half_life_epochs * iters_per_epoch / EMA_EVERY
     if updates < 1:
-        raise UserError(f"--ema-half-life {half_life_epochs} is shorter than one EMA update ({EMA_EVERY} of "
-                        f"{iters_per_epoch} iterations per epoch): the average would be the current weights")
+        raise UserError(f"--ema-half-life {half_life_epochs} is shorter than one EMA update "
+                        f"({EMA_EVERY} of "
+                        f"{iters_per_epoch} iterations per epoch): the average would be the "
+                        "current weights")
     return 1 - 0.5 ** (1 / updates)
 
 
 def attach_ema(trainer, model, half_life_epochs, iters_per_epoch):
-    """Weight averaging with Ignite's EMAHandler (BN statistics averaged alongside the weights), updated every
-    EMA_EVERY iterations; returns the averaged model, the one to evaluate."""
-    ema = EMAHandler(model, momentum=ema_momentum(half_life_epochs, iters_per_epoch), handle_buffers="update")
+    """Weight averaging with Ignite's EMAHandler (BN statistics averaged alongside the weights),
+    updated every EMA_EVERY iterations; returns the averaged model, the one to evaluate."""
+    momentum = ema_momentum(half_life_epochs, iters_per_epoch)
+    ema = EMAHandler(model, momentum=momentum, handle_buffers="update")
     ema.attach(trainer, event=Events.ITERATION_COMPLETED(every=EMA_EVERY), warn_if_exists=False)
     return ema.ema_model
 
 
 class Stamp:
-    """What a checkpoint records about the network it holds (its width): saved with it as one more object, and
-    checked on load, so a checkpoint of another network is refused in one line instead of a shape error."""
+    """What a checkpoint records about the network it holds (its width): saved with it as one more
+    object, and checked on load, so a checkpoint of another network is refused in one line instead
+    of a shape error."""
 
     def __init__(self, **facts):
         self.facts = facts
@@ -212,7 +176,8 @@ class Stamp:
 
     def load_state_dict(self, saved):
         if saved != self.facts:
-            raise UserError(f"the checkpoint holds a network with {saved}, this run builds {self.facts}")
+            raise UserError(f"the checkpoint holds a network with {saved}, this run builds "
+                            f"{self.facts}")
 
 
 class NonFiniteLoss(Exception):
@@ -220,9 +185,10 @@ class NonFiniteLoss(Exception):
 
 
 class EpochTotals:
-    """Keeps the trainer's per-iteration loss and correct-count tensors (on the device, no kernel, no sync) and
-    reduces them once at the end of the epoch, over every process: mean loss, accuracy and the first iteration
-    whose loss was NaN/inf (the same answer on every process, so all of them stop together)."""
+    """Keeps the trainer's per-iteration loss and correct-count tensors (on the device, no kernel,
+    no sync) and reduces them once at the end of the epoch, over every process: mean loss, accuracy
+    and the first iteration whose loss was NaN/inf (the same answer on every process, so all of them
+    stop together)."""
 
     def attach(self, trainer):
         trainer.add_event_handler(Events.EPOCH_STARTED, self.reset)
@@ -243,10 +209,12 @@ class EpochTotals:
         losses = torch.stack(self.losses).double()
         sizes = torch.tensor(self.sizes, device=losses.device, dtype=torch.float64)
         index = torch.arange(len(losses), device=losses.device, dtype=torch.float64)
-        sums = idist.all_reduce(torch.stack([(losses * sizes).sum(), torch.stack(self.correct).sum().double(),
-                                             sizes.sum()]))
-        bad = idist.all_reduce(torch.where(torch.isfinite(losses), float("inf"), index).min(), op="MIN")
-        loss_sum, correct, n, bad = torch.cat([sums, bad[None]]).tolist()  # the host waits here, once per epoch
+        correct = torch.stack(self.correct).sum().double()
+        sums = idist.all_reduce(torch.stack([(losses * sizes).sum(), correct, sizes.sum()]))
+        bad = torch.where(torch.isfinite(losses), float("inf"), index).min()
+        bad = idist.all_reduce(bad, op="MIN")
+        # the host waits here, once per epoch
+        loss_sum, correct, n, bad = torch.cat([sums, bad[None]]).tolist()
         return {"loss": loss_sum / n, "accuracy": correct / n,
                 "first_bad": self.first_iteration + int(bad) if bad != float("inf") else -1}
 
@@ -255,9 +223,28 @@ def versions(device):
     import ignite
     import torchvision
 
-    gpu = torch.cuda.get_device_name(torch.device(device)) if torch.device(device).type == "cuda" else None
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "ignite": ignite.__version__, "gpu": gpu, "cpu": cpu_name(), "cpu_threads": torch.get_num_threads()}
+    device = torch.device(device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "ignite": ignite.__version__, "gpu": gpu,
+            "cpu": cpu_name(), "cpu_threads": torch.get_num_threads(), "commit": git_commit()}
+
+
+def git_commit():
+    """The code's commit (with -dirty for uncommitted changes) when it runs from a git checkout:
+    what a result names so that anyone can check it out and run it again."""
+    import subprocess
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=here,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("-dirty" if dirty else "")) or None
 
 
 def cpu_name():

@@ -1,7 +1,8 @@
-"""Everything the scripts write and read back, so that a kill at any moment loses nothing already on disk and a
-damaged or foreign file costs one line, never a traceback: JSON and figures through a temporary file and a rename,
-checkpoints whose predecessor goes only after they are complete (and that load only tensors and numbers), fresh
-run folders that never reuse an old one, and output paths checked before any work starts."""
+"""Everything the scripts write and read back, so that a kill at any moment loses nothing already on
+disk and a damaged or foreign file costs one line, never a traceback: JSON and figures through a
+temporary file and a rename, checkpoints whose predecessor goes only after they are complete (and
+that load only tensors and numbers), fresh run folders that never reuse an old one, and output paths
+checked before any work starts."""
 import json
 import math
 import os
@@ -15,8 +16,9 @@ from cli import UserError
 
 
 def check_writable(path, kind="file"):
-    """Refuse, before any work starts, an output `path` ("file" or "folder") that could not be written: a folder
-    where a file should be or the reverse, a parent that is a file, a read-only folder. One line, nothing made."""
+    """Refuse, before any work starts, an output `path` ("file" or "folder") that could not be
+    written: a folder where a file should be or the reverse, a parent that is a file, a read-only
+    folder. One line, nothing made."""
     p = Path(path)
     if p.is_dir() and kind == "file":
         raise UserError(f"{p}: is a folder; give a file name")
@@ -28,24 +30,27 @@ def check_writable(path, kind="file"):
     if not here.is_dir():
         raise UserError(f"{p}: cannot be made, {here} is a file; give another --out")
     if not os.access(here, os.W_OK | os.X_OK):
-        raise UserError(f"{p}: cannot be written, {here} is read-only for this user; give another --out")
+        raise UserError(f"{p}: cannot be written, {here} is read-only for this user; give another "
+                        "--out")
 
 
 def check_figure_path(path):
-    """A figure's file name must end in a format matplotlib writes (png, pdf, svg, ...), and be writable."""
+    """A figure's file name must end in a format matplotlib writes (png, pdf, svg, ...), and be
+    writable."""
     from matplotlib.backend_bases import FigureCanvasBase
 
     formats = FigureCanvasBase.get_supported_filetypes()
     fmt = Path(path).suffix.lstrip(".").lower()
     if fmt not in formats:
-        raise UserError(f"{path}: cannot write a figure as '{fmt or 'no extension'}'; end the name in one of "
+        raise UserError(f"{path}: cannot write a figure as '{fmt or 'no extension'}'; end the name "
+                        "in one of "
                         + ", ".join(sorted(formats)))
     check_writable(path, "file")
 
 
 def read_json(path, what, fix):
-    """The JSON object in `path`, or one line saying that the file (a `what`) is missing, unreadable or damaged,
-    and `fix`: what the user can do about it."""
+    """The JSON object in `path`, or one line saying that the file (a `what`) is missing, unreadable
+    or damaged, and `fix`: what the user can do about it."""
     try:
         obj = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -59,22 +64,27 @@ def read_json(path, what, fix):
 
 
 def read_lr_result(path, keys=()):
-    """LRMIN and LRMAX from a range-test result (lr_range.json): the whole dict, or one line saying why the file is
-    not one (damaged, lacking `keys`, LRs that are not 0 <= LRMIN < LRMAX)."""
+    """LRMIN and LRMAX from a range-test result (lr_range.json): the whole dict, or one line saying
+    why the file is not one (damaged, lacking `keys`, LRs that are not 0 <= LRMIN < LRMAX)."""
     fix = "run lr_range.py again, or give the LRs yourself"
     result = read_json(path, "LR range-test result", fix)
     missing = [k for k in ("lr_min", "lr_max", *keys) if k not in result]
     if missing:
-        raise UserError(f"{path}: not an LR range-test result, it lacks {', '.join(missing)}; {fix}")
+        raise UserError(f"{path}: not an LR range-test result, it lacks {', '.join(missing)}; "
+                        f"{fix}")
     lo, hi = result["lr_min"], result["lr_max"]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (lo, hi)) \
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  for v in (lo, hi))
+    if not numbers \
             or not 0 <= lo < hi:
-        raise UserError(f"{path}: LRs must be numbers with 0 <= lr_min < lr_max, got {lo!r} and {hi!r}; {fix}")
+        raise UserError(f"{path}: LRs must be numbers with 0 <= lr_min < lr_max, got {lo!r} and "
+                        f"{hi!r}; {fix}")
     return result
 
 
 def atomic_write(path, write):
-    """Call write(tmp_path), then rename tmp onto path: a kill never leaves a half-written file behind."""
+    """Call write(tmp_path), then rename tmp onto path: a kill never leaves a half-written file
+    behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -109,9 +119,9 @@ def latest_checkpoint(run_dir):
 
 
 def load_checkpoint(path, device="cpu"):
-    """A checkpoint's dict, loaded with weights_only=True: tensors, numbers, strings and containers only, so a run
-    folder received from someone else cannot run code when resumed. One line if the file is damaged or holds
-    anything else (train.py's checkpoints never do)."""
+    """A checkpoint's dict, loaded with weights_only=True: tensors, numbers, strings and containers
+    only, so a run folder received from someone else cannot run code when resumed. One line if the
+    file is damaged or holds anything else (train.py's checkpoints never do)."""
     import pickle
     import zipfile
 
@@ -123,19 +133,24 @@ def load_checkpoint(path, device="cpu"):
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         reason = f"it names {found.group(1)}" if found else type(e).__name__
-        raise UserError(f"{path}: refused, it holds more than tensors and numbers ({reason}), and loading it could run "
+        raise UserError(f"{path}: refused, it holds more than tensors and numbers ({reason}), and "
+                        "loading it could run "
                         "code; resume only from checkpoints train.py wrote") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        earlier = f"; {', '.join(others)} is there too: delete {Path(path).name} to resume from it" if others else ""
-        first = re.split(r"(?<=\.) |\n", str(e).strip())[0]  # torch's messages run to several sentences
-        raise UserError(f"{path}: damaged or truncated checkpoint ({type(e).__name__}: {first}){earlier}") from None
+        earlier = (f"; {', '.join(others)} is there too: delete {Path(path).name} to resume from it"
+                   if others else "")
+        # torch's messages run to several sentences
+        first = re.split(r"(?<=\.) |\n", str(e).strip())[0]
+        raise UserError(f"{path}: damaged or truncated checkpoint ({type(e).__name__}: "
+                        f"{first}){earlier}") from None
 
 
 class SafeDiskSaver(DiskSaver):
-    """Ignite's atomic DiskSaver, except that a checkpoint it is told to remove goes only after the NEXT one is
-    completely written. Ignite's Checkpoint removes the old file before it saves the new one, so a kill during a
-    save (tens of MB, every epoch) would leave no checkpoint at all. `retire(path)` queues a file from an earlier
-    process (the checkpoint a resumed run started from) for the same fate."""
+    """Ignite's atomic DiskSaver, except that a checkpoint it is told to remove goes only after the
+    NEXT one is completely written. Ignite's Checkpoint removes the old file before it saves the new
+    one, so a kill during a save (tens of MB, every epoch) would leave no checkpoint at all.
+    `retire(path)` queues a file from an earlier process (the checkpoint a resumed run started from)
+    for the same fate."""
 
     def __init__(self, dirname, **kwargs):
         super().__init__(dirname, require_empty=False, atomic=True, **kwargs)
@@ -148,9 +163,11 @@ class SafeDiskSaver(DiskSaver):
         self.pending.append(Path(path).name)
 
     def __call__(self, checkpoint, filename, metadata=None):
-        super().__call__(checkpoint, filename, metadata)  # written and renamed into place (on the saving rank)
+        # written and renamed into place (on the saving rank)
+        super().__call__(checkpoint, filename, metadata)
         for old in self.pending:
-            # the same name saved twice (last epoch and COMPLETED) keeps the new file; a save that died left none
+            # the same name saved twice (last epoch and COMPLETED) keeps the new file; a save that
+            # died left none
             if old != filename and (Path(self.dirname) / old).exists():
                 super().remove(old)
         self.pending.clear()

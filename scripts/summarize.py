@@ -1,6 +1,11 @@
-"""Table of finished runs: python scripts/summarize.py runs/seeds/seed*  (median and minimum at the bottom).
-Given ablate.sh's VARIANT-sSEED folders, also one line per variant, set against the variant named base
-(--base NAME sets them against another: runs of a later ablation against an earlier winner, say)."""
+"""The table of finished runs, the median and minimum at the bottom (scripts/seeds.py writes it
+too):
+
+    python scripts/summarize.py runs/seeds/seed*
+
+Given folders named VARIANT-sSEED (runs of several settings, one per seed), also one line per
+variant, set against the variant named base, paired by seed (--base NAME sets them against
+another)."""
 import math
 import re
 import statistics
@@ -15,9 +20,10 @@ from files import read_json  # noqa: E402
 
 
 def paired_difference(base, other):
-    """Seed by seed, other - base over the seeds both ran ({seed: accuracy} each): (pairs, mean difference, its
-    standard error or None below 2 pairs, how many pairs are up), or None when no seed is shared. Pairing by seed
-    takes out what the seed alone does (initial weights, batch order), which two unpaired means carry as noise."""
+    """Seed by seed, other - base over the seeds both ran ({seed: accuracy} each): (pairs, mean
+    difference, its standard error or None below 2 pairs, how many pairs are up), or None when no
+    seed is shared. Pairing by seed takes out what the seed alone does (initial weights, batch
+    order), which two unpaired means carry as noise."""
     diffs = [other[s] - base[s] for s in sorted(base.keys() & other.keys())]
     if not diffs:
         return None
@@ -33,51 +39,64 @@ def paired_cell(base, other):
     return f"{mean:+.2f}" + ("" if se is None else f" ± {se:.2f}") + f", {up} of {n} up"
 
 
-def main(dirs, base_name=None):
-    """base_name: the variant the others are set against; None means "base" where there is one."""
+def summarize(dirs, base_name=None):
+    """The table's text. base_name: the variant the others are set against; None: "base" if any."""
     rows, acc, tta = [], [], []
     for d in map(Path, dirs):
         cfg = read_json(d / "config.json", "run configuration", "is this a train.py run folder?")
         metrics = d / "metrics.json"
-        final = read_json(metrics, "metrics file", "leave its run out").get("final") if metrics.exists() else None
+        final = read_json(metrics, "metrics file", "leave its run out").get("final") \
+            if metrics.exists() else None
         if final is None:
             print(f"{d}: unfinished, left out", file=sys.stderr)
             continue
         acc.append(100 * final["accuracy"])
         tta.append(100 * final["tta_accuracy"])
         rows.append((d.name, cfg["seed"], final["eval_set"], f"{acc[-1]:.2f}", f"{tta[-1]:.2f}",
-                     f"{final['lr_min']:.4g}", f"{final['lr_max']:.4g}", f"{final['train_seconds']:.1f}",
-                     f"{final['wall_seconds']:.1f}", cfg["versions"].get("gpu") or "cpu"))
+                     f"{final['lr_min']:.4g}", f"{final['lr_max']:.4g}",
+                     f"{final['train_seconds']:.1f}", f"{final['wall_seconds']:.1f}",
+                     cfg["versions"].get("gpu") or cfg["versions"].get("cpu") or "cpu"))
     if not rows:
         raise UserError("no finished run among the folders given")
-    print(tabulate(rows, headers=["run", "seed", "eval", "acc %", "flip-TTA %", "LRMIN", "LRMAX", "train s",
-                                  "wall s", "device"], disable_numparse=True))
-    groups = {}  # ablate.sh names its runs VARIANT-sSEED: one line per variant
+    text = [tabulate(rows, headers=["run", "seed", "eval", "acc %", "flip-TTA %", "LRMIN", "LRMAX",
+                                    "train s", "wall s", "device"], disable_numparse=True)]
+    groups = {}  # runs named VARIANT-sSEED: one line per variant
     for row, a in zip(rows, acc):  # row: (name, seed, ...)
         groups.setdefault(re.sub(r"-s\d+$", "", row[0]), []).append((row[1], a))
-    if base_name is not None and base_name not in groups:  # asked for by name: a typo must not pass in silence
-        raise UserError(f"--base {base_name}: no such variant among the runs ({', '.join(sorted(groups))})")
-    base_name = base_name or "base"
+    if base_name is not None and base_name not in groups:  # a typo must not pass in silence
+        raise UserError(f"--base {base_name}: no such variant among the runs "
+                        f"({', '.join(sorted(groups))})")
     if any(len(v) > 1 for v in groups.values()):
-        base = dict(groups[base_name]) if base_name in groups else None
-        base_mean = statistics.mean(base.values()) if base else None
-        lines = []
-        for k, runs in sorted(groups.items()):
-            v = [a for _, a in runs]
-            lines.append((k, len(v), f"{statistics.mean(v):.2f}", f"{min(v):.2f}",
-                          "" if base is None else f"{statistics.mean(v) - base_mean:+.2f}",
-                          "" if base is None or k == base_name else paired_cell(base, dict(runs)),
-                          " ".join(f"{a:.2f}" for a in v)))
-        print(tabulate(lines, headers=["variant", "runs", "mean acc %", "min acc %", "mean - base",
-                                       "paired by seed ± s.e.", "each"], disable_numparse=True))
-    print(f"\naccuracy over {len(acc)} runs: median {statistics.median(acc):.2f} %, min {min(acc):.2f} %; "
-          f"flip-TTA median {statistics.median(tta):.2f} %, min {min(tta):.2f} %")
+        text.append(variant_table(groups, base_name or "base"))
+    text.append(f"\naccuracy over {len(acc)} runs: median {statistics.median(acc):.2f} %, min "
+                f"{min(acc):.2f} %; flip-TTA median {statistics.median(tta):.2f} %, min "
+                f"{min(tta):.2f} %")
+    return "\n".join(text)
+
+
+def variant_table(groups, base_name):
+    base = dict(groups[base_name]) if base_name in groups else None
+    base_mean = statistics.mean(base.values()) if base else None
+    lines = []
+    for k, runs in sorted(groups.items()):
+        v = [a for _, a in runs]
+        lines.append((k, len(v), f"{statistics.mean(v):.2f}", f"{min(v):.2f}",
+                      "" if base is None else f"{statistics.mean(v) - base_mean:+.2f}",
+                      "" if base is None or k == base_name else paired_cell(base, dict(runs)),
+                      " ".join(f"{a:.2f}" for a in v)))
+    return tabulate(lines, headers=["variant", "runs", "mean acc %", "min acc %", "mean - base",
+                                    "paired by seed ± s.e.", "each"], disable_numparse=True)
+
+
+def main(argv=None):
+    parser = Parser(__doc__)
+    parser.add_argument("runs", nargs="+", metavar="RUN",
+                        help="train.py run folders (config.json, metrics.json)")
+    parser.add_argument("--base", metavar="NAME",
+                        help="the variant the others are set against (default: base)")
+    args = parser.parse_args(argv)
+    print(summarize(args.runs, args.base))
 
 
 if __name__ == "__main__":
-    parser = Parser(__doc__)
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="train.py run folders (config.json, metrics.json)")
-    parser.add_argument("--base", metavar="NAME",
-                        help="the variant the others are set against (default: base)")
-    args = parser.parse_args()
-    run_cli(lambda: main(args.runs, args.base))
+    run_cli(main)

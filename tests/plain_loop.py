@@ -1,9 +1,10 @@
-"""The recipe as README.md states it, in a plain PyTorch loop: no Ignite and none of train.py's machinery, only
-the network (model.py) and the batches it is given. The LR and momentum are set by hand at every iteration from
-the README's formula; test_plain_loop.py holds train.py to this loop, so the README and the trainer cannot drift
-apart. Defaults are the README's: SGD with Nesterov momentum 0.9 (constant), weight decay 5e-4 on every parameter,
-plain cross-entropy on the logits (the softmax lives in the loss); weights channels-last; the forward pass under
-autocast at `precision` (bf16 or fp16 with torch's gradient scaler), as train.py's --precision says."""
+"""The recipe as README.md states it, in a plain PyTorch loop: no Ignite and none of train.py's
+machinery, only the network (model.py) and the batches it is given. The LR and momentum are set by
+hand at every iteration from the README's formula; test_plain_loop.py holds train.py to this loop,
+so the README and the trainer cannot drift apart. Defaults are the README's: SGD with Nesterov
+momentum 0.9 (constant), weight decay 5e-4 on every parameter, plain cross-entropy on the logits
+(the softmax lives in the loss); weights channels-last; the forward pass under autocast at
+`precision` (bf16 or fp16 with torch's gradient scaler), as train.py's --precision says."""
 import torch
 import torch.nn.functional as F
 
@@ -11,40 +12,33 @@ from model import ResNet9
 
 
 def one_cycle(it, peak, last, start, top):
-    """The README's one-cycle at iteration `it` (1-based): `start` at iteration 1, `top` at iteration `peak` (the
-    last iteration of the peak epoch), back to `start` at iteration `last`, linear in between."""
+    """The README's one-cycle at iteration `it` (1-based): `start` at iteration 1, `top` at
+    iteration `peak` (the last iteration of the peak epoch), back to `start` at iteration `last`,
+    linear in between."""
     if it <= peak:
         return start + (top - start) * (it - 1) / (peak - 1)
     return top + (start - top) * (it - peak) / (last - peak)
 
 
-def train_plain(epoch_batches, iters_per_epoch, epochs, peak_epoch, lr_min, lr_max, seed=0, width=1.0,
-                momentum=(0.9, 0.9), weight_decay=5e-4, bn_decay=True, bn_lr_scale=1.0, bn_weight="learned",
-                label_smoothing=0.0, evaluate=None, precision="fp32", device="cpu"):
-    """Train from the weights ResNet9 gets after torch.manual_seed(seed). `epoch_batches()` returns one epoch's
-    (images, labels) batches; `evaluate(model)`, if given, runs after every epoch. The 1-D parameters (batch-norm
-    weights and biases, the classifier's bias) run at bn_lr_scale x the LR with weight decay / bn_lr_scale, or none
-    without bn_decay; bn_weight "frozen" holds the batch-norm weights at 1. Returns (model, per-epoch [(train loss,
-    train accuracy, evaluate's result)])."""
+def train_plain(epoch_batches, iters_per_epoch, epochs, peak_epoch, lr_min, lr_max, seed=0,
+                width=1.0, momentum=(0.9, 0.9), label_smoothing=0.0, evaluate=None,
+                precision="fp32", device="cpu"):
+    """Train from the weights ResNet9 gets after torch.manual_seed(seed). `epoch_batches()` returns
+    one epoch's (images, labels) batches; `evaluate(model)`, if given, runs after every epoch.
+    Returns (model, per-epoch [(train loss, train accuracy, evaluate's result)])."""
     torch.manual_seed(seed)
     model = ResNet9(width=width).to(device, memory_format=torch.channels_last)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
-    if bn_weight == "frozen":
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.requires_grad_(False)  # no gradient: SGD never touches them, decay included
-    groups = [{"params": [p for p in model.parameters() if p.ndim > 1], "scale": 1.0},
-              {"params": [p for p in model.parameters() if p.ndim <= 1], "scale": bn_lr_scale,
-               "weight_decay": weight_decay / bn_lr_scale if bn_decay else 0.0}]
-    optimizer = torch.optim.SGD(groups, lr=lr_min, momentum=momentum[0], nesterov=True, weight_decay=weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr_min, momentum=momentum[0], nesterov=True,
+                                weight_decay=5e-4)
     peak, last, it, history = peak_epoch * iters_per_epoch, epochs * iters_per_epoch, 0, []
     for _ in range(epochs):
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in epoch_batches():
             it += 1
             for group in optimizer.param_groups:
-                group["lr"] = one_cycle(it, peak, last, lr_min, lr_max) * group["scale"]
+                group["lr"] = one_cycle(it, peak, last, lr_min, lr_max)
                 group["momentum"] = one_cycle(it, peak, last, momentum[0], momentum[1])
             model.train()
             with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):

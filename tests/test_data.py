@@ -6,6 +6,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 import data
+from config import Config
 from conftest import DATA, run_script
 
 
@@ -30,7 +31,8 @@ def test_channel_stats_match_numpy(arrays):
 
 
 def reference_augment(img_hwc, d, mean, std):
-    """One image, the plain way: torchvision pad+crop and flip, normalise, then a cutout square set to 0."""
+    """One image, the plain way: torchvision pad+crop and flip, normalise, then a cutout square set
+    to 0."""
     x = torch.as_tensor(img_hwc).permute(2, 0, 1)  # CHW uint8
     x = TF.crop(TF.pad(x, [data.PAD], fill=0), int(d["dy"]), int(d["dx"]), data.CROP, data.CROP)
     if d["flip"]:
@@ -77,7 +79,8 @@ def test_exactly_one_cut_square_per_image(arrays):
     draws = data.draw_augmentation(200, torch.Generator().manual_seed(3))
     x = data.augment(torch.nn.functional.pad(images, (0, 0, 4, 4, 4, 4)), draws, mean, std)
     for i in range(200):
-        zero = (x[i] == 0).all(0)  # a normalised pixel is never exactly 0 by chance: the mean is not an integer
+        # a normalised pixel is never exactly 0 by chance: the mean is not an integer
+        zero = (x[i] == 0).all(0)
         rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
         assert zero.sum() == len(rows) * len(cols), "the cut region is one rectangle"
         cy, cx = int(draws["cy"][i]), int(draws["cx"][i])
@@ -85,48 +88,12 @@ def test_exactly_one_cut_square_per_image(arrays):
         assert cols.tolist() == list(range(max(cx - 4, 0), min(cx + 4, 32)))
 
 
-def test_cutout_inside_keeps_the_square_whole(arrays):
-    clip = data.draw_augmentation(5000, torch.Generator().manual_seed(4))
-    inside = data.draw_augmentation(5000, torch.Generator().manual_seed(4), cutout="inside")
-    for key in ("dy", "dx", "flip"):  # the crops and flips are drawn as before
-        assert torch.equal(clip[key], inside[key])
-    for key in ("cy", "cx"):  # David Page's: the square's top-left corner in 0..24, so its centre in 4..28
-        assert inside[key].min() == 4 and inside[key].max() == 28
-    images = torch.as_tensor(arrays[0][:200])
-    mean, std = data.channel_stats(arrays[0])
-    padded = torch.nn.functional.pad(images, (0, 0, 4, 4, 4, 4))
-    x = data.augment(padded, {k: v[:200] for k, v in inside.items()}, mean, std)
-    assert ((x == 0).all(1).sum((1, 2)) == 64).all()  # every image loses a whole 8x8 square
-    with pytest.raises(data.UserError, match="--cutout must be one of"):
-        synthetic_loader(10, 4, cutout="half")
-
-
 def synthetic_loader(n, bs, seed=0, **kwargs):
-    images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g)
     ids = torch.arange(n)  # labels carry the image index so we can see which images came
-    mean, std = data.channel_stats(images)
-    return data.Loader(images, ids, bs, mean, std, "cpu", train=True, seed=seed, **kwargs)
-
-
-def test_alternating_flip_turns_each_image_every_other_epoch(monkeypatch):
-    monkeypatch.setattr(data, "augment", lambda padded, draws, mean, std: (draws["flip"], draws["dy"]))
-
-    def epochs(loader, n=3):  # per epoch: each image's flip and crop row, by image index
-        out = []
-        for _ in range(n):
-            flip, dy = torch.zeros(1000, dtype=torch.bool), torch.zeros(1000, dtype=torch.long)
-            for (f, d), ids in loader:
-                flip[ids], dy[ids] = f, d
-            out.append((flip, dy))
-        return out
-
-    alt, rnd = epochs(synthetic_loader(1000, 256, seed=3, flip="alternate")), epochs(synthetic_loader(1000, 256, seed=3))
-    assert 0.45 < alt[0][0].float().mean() < 0.55  # a coin per image first
-    assert torch.equal(alt[1][0], ~alt[0][0]) and torch.equal(alt[2][0], alt[0][0])  # then the other side, and back
-    assert 0.4 < (rnd[1][0] == rnd[0][0]).float().mean() < 0.6  # the default: a fresh coin every epoch
-    assert all(torch.equal(a[1], r[1]) for a, r in zip(alt, rnd))  # the crops (and cutouts) are drawn as before
-    with pytest.raises(data.UserError, match="--flip must be one of"):
-        synthetic_loader(10, 4, flip="sometimes")
+    return data.Loader(images, ids, bs, data.channel_stats(images), "cpu", train=True, seed=seed,
+                       **kwargs)
 
 
 def test_train_loader_epochs_cover_all_reshuffle_and_reproduce():
@@ -147,12 +114,13 @@ def test_train_loader_epochs_cover_all_reshuffle_and_reproduce():
 
 def test_full_size_iteration_count():
     images = torch.zeros(50_000, 32, 32, 3, dtype=torch.uint8)
-    loader = data.Loader(images, torch.zeros(50_000, dtype=torch.long), 512, torch.zeros(3), torch.ones(3), "cpu", True)
+    loader = data.Loader(images, torch.zeros(50_000, dtype=torch.long), 512,
+                         (torch.zeros(3), torch.ones(3)), "cpu", True)
     assert len(loader) == 98
 
 
 def test_eval_loader_is_plain_and_in_order(arrays):
-    train, evaluation = data.make_loaders(arrays, 64, "cpu", eval_batch_size=128)
+    train, evaluation = data.make_loaders(arrays, Config(bs=64, eval_bs=128), "cpu")
     xs, ys = zip(*evaluation)
     assert [len(y) for y in ys] == [128, 72] and evaluation.name == "test"
     assert torch.equal(torch.cat(ys), torch.as_tensor(arrays[3]))
@@ -161,7 +129,7 @@ def test_eval_loader_is_plain_and_in_order(arrays):
 
 
 def test_validation_split_never_touches_test(arrays):
-    _, evaluation = data.make_loaders(arrays, 64, "cpu", val=100)
+    _, evaluation = data.make_loaders(arrays, Config(bs=64, val=100), "cpu")
     assert evaluation.name == "val" and evaluation.n == 100
     assert torch.equal(evaluation.labels, torch.as_tensor(arrays[1][-100:]))
 
@@ -189,7 +157,8 @@ def test_failed_download_leaves_no_folder(tmp_path, monkeypatch):
 
     def offline(root, **kwargs):
         Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision does before it downloads
-        Path(root, "cifar-10-python.tar.gz").write_bytes(b"partial")  # what an interrupted download leaves
+        # what an interrupted download leaves
+        Path(root, "cifar-10-python.tar.gz").write_bytes(b"partial")
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
@@ -210,7 +179,8 @@ def test_missing_and_truncated_files(tmp_path):
     with pytest.raises(data.UserError, match="cifar10_train.npz: corrupt or truncated"):
         data.load_cifar10(tmp_path, download=False)
     (tmp_path / "cifar10_train.npz").write_bytes(raw)
-    with pytest.raises(data.UserError, match="cifar10_test.npz: missing"):  # the other half of the pair
+    # the other half of the pair
+    with pytest.raises(data.UserError, match="cifar10_test.npz: missing"):
         data.load_cifar10(tmp_path, download=False)
 
 
@@ -220,21 +190,24 @@ def test_torchvision_batches_folder(tmp_path, arrays):
     folder.mkdir()
     chunks = np.array_split(np.arange(400), 5)
     for i, idx in enumerate(chunks, 1):
-        d = {"data": arrays[0][idx].transpose(0, 3, 1, 2).reshape(len(idx), -1), "labels": arrays[1][idx].tolist()}
+        d = {"data": arrays[0][idx].transpose(0, 3, 1, 2).reshape(len(idx), -1),
+             "labels": arrays[1][idx].tolist()}
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(d))
     d = {"data": arrays[2].transpose(0, 3, 1, 2).reshape(200, -1), "labels": arrays[3].tolist()}
     (folder / "test_batch").write_bytes(pickle.dumps(d))
     got = data.load_cifar10(tmp_path, download=False)
     for a, b in zip(got, arrays):
         np.testing.assert_array_equal(a, b)
-    (folder / "data_batch_2").write_bytes(pickle.dumps(pickle.loads((folder / "data_batch_2").read_bytes()), 2))
-    (folder / "data_batch_4").write_bytes(pickle.dumps(pickle.loads((folder / "data_batch_4").read_bytes()), 5))
-    for a, b in zip(data.load_cifar10(tmp_path, download=False), arrays):  # the pickle protocols numpy writes
+    for name, protocol in (("data_batch_2", 2), ("data_batch_4", 5)):  # the protocols numpy writes
+        batch = pickle.loads((folder / name).read_bytes())
+        (folder / name).write_bytes(pickle.dumps(batch, protocol))
+    for a, b in zip(data.load_cifar10(tmp_path, download=False), arrays):
         np.testing.assert_array_equal(a, b)
     (folder / "data_batch_3").write_bytes(b"\x80\x04garbage")
     with pytest.raises(data.UserError, match="data_batch_3: corrupt"):
         data.load_cifar10(tmp_path, download=False)
-    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": Path.touch, "labels": []}))  # a pickle that runs code
+    # a pickle that runs code
+    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": Path.touch, "labels": []}))
     with pytest.raises(data.UserError, match="refused to load pathlib.Path"):
         data.load_cifar10(tmp_path, download=False)
 
@@ -248,27 +221,13 @@ def test_cli_writes_grid_and_fails_in_one_line(tmp_path):
     bad = tmp_path / "bad"
     write_npz(bad, np.zeros((4, 32, 32, 3), np.uint8), np.full(4, 12, np.uint8))
     r = run_script("data.py", "--data", bad, "--out", tmp_path / "x.png", "--device", "cpu")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "cifar10_train.npz" in r.stderr
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "cifar10_train.npz" in r.stderr
     assert not (tmp_path / "x.png").exists()
 
 
-def test_pad_fills():
+def test_zero_padding():
     x = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
-    reflect = data.pad(x, "reflect")  # numpy's reflect, as David Page's and airbench's loaders pad
-    assert np.array_equal(reflect.numpy(), np.pad(x.numpy(), [(0, 0), (4, 4), (4, 4), (0, 0)], mode="reflect"))
-    zero = data.pad(x, "zero")
-    mean = data.pad(x, "mean", torch.tensor([125.3, 122.9, 113.6], dtype=torch.float64))
-    for padded in (zero, mean, reflect):
-        assert padded.shape == (3, 40, 40, 3) and torch.equal(padded[:, 4:36, 4:36], x)
-    assert zero[:, :4].eq(0).all() and zero[:, :, 36:].eq(0).all()
-    assert mean[:, :4].eq(torch.tensor([125, 123, 114], dtype=torch.uint8)).all()
-    assert mean[:, :, 36:].eq(torch.tensor([125, 123, 114], dtype=torch.uint8)).all()
-
-
-def test_drop_last_skips_the_partial_batch(arrays):
-    keep, _ = data.make_loaders(arrays, 64, "cpu")
-    drop, _ = data.make_loaders(arrays, 64, "cpu", drop_last=True)
-    assert (len(keep), len(drop)) == (7, 6)  # 400 images
-    kept, dropped = [y for _, y in keep], [y for _, y in drop]  # each loader's first epoch
-    assert [len(y) for y in dropped] == [64] * 6 and len(kept[-1]) == 400 - 6 * 64
-    assert all(torch.equal(a, b) for a, b in zip(kept, dropped))  # the same order, only cut short
+    padded = data.pad(x)
+    assert padded.shape == (3, 40, 40, 3) and torch.equal(padded[:, 4:36, 4:36], x)
+    assert padded[:, :4].eq(0).all() and padded[:, :, 36:].eq(0).all()
