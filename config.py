@@ -1,12 +1,11 @@
 """Every setting of the toolkit, once: its default, its unit and why. train.py's and lr_range.py's
 flags, their --help, config.json and the range test's reuse key are all read from `Config` below, so
-a new setting is one line here (in the group of the scripts that take it) plus the code that uses
-it.
+a new setting is one line here (in the group of the scripts that take it) plus the code using it.
 
-Groups: COMMON (every script), STEP (what shapes the training step: train.py and lr_range.py, and
-the range test's reuse key), TRAIN (train.py alone), RANGE (lr_range.py, and train.py when it runs
-the test itself). Presets are files of flags, read with @: `python train.py @presets/cpu-twin.txt`
-(argparse's fromfile)."""
+Groups: COMMON (every script), STEP (what shapes the training step: train.py and lr_range.py; each
+is in the range test's reuse key unless key=False), TRAIN (train.py alone), RANGE (lr_range.py, and
+train.py when it runs the test itself). Presets are files of flags, read with @ (argparse's
+fromfile): `python train.py @presets/cpu-twin.txt`."""
 import argparse
 import dataclasses
 import os
@@ -61,10 +60,10 @@ class Config:
     sync_bn: bool = setting(
         True, STEP, "under torchrun: batch-norm statistics over the global batch, so that N "
         "processes train the one-process recipe; --no-sync-bn: each process's own bs/N images "
-        "(less communication, another recipe)", action=BOOL)
+        "(less communication, another recipe)", action=BOOL, key=False)  # in bn_batch
     tensorboard: bool | None = setting(
         None, STEP, "TensorBoard event files in the output folder (default: on when the "
-        "tensorboard package is installed)", action=BOOL)
+        "tensorboard package is installed)", action=BOOL, key=False)
     # -- the run: train.py
     epochs: int = setting(24, TRAIN, "training epochs")
     peak_epoch: int = setting(5, TRAIN, "the epoch whose last iteration runs at LRMAX")
@@ -125,7 +124,7 @@ def add_args(p, *wanted, out=("", "output folder"), **defaults):
     default; `out` = (default, help) of the script's --out; `defaults` replace others (tools)."""
     for f in fields(*wanted):
         meta = dict(f.metadata)
-        meta.pop("group")
+        meta.pop("group"), meta.pop("key", None)
         text, env = meta.pop("help"), meta.pop("env", None)
         default = os.environ.get(env, f.default) if env else defaults.get(f.name, f.default)
         if f.name == "out":

@@ -46,7 +46,8 @@ MIN_DECADES, MAX_DECADES = 4, 6
 # What a saved result must have been made with to be reused: the run's step (bn_batch: the images
 # each batch-norm statistic sees, bs/N per process under torchrun without --sync-bn) and the sweep
 # itself.
-RUN_KEYS = ("bs", "subset", "bn_batch", "width", "precision", "weight_decay", "val")
+RUN_KEYS = ("bs", "subset", "bn_batch",
+            *(f.name for f in config.fields(STEP) if f.metadata.get("key", True)))
 SWEEP_KEYS = ("num_iter", "sweeps", "start_lr", "end_lr", "momentum", "diverge", "rule_version")
 
 
