@@ -113,7 +113,7 @@ def sweep(cfg, model, raw, optimizer, loader):
                        output_transform=lambda o: o["loss"], start_lr=start_lr, end_lr=cfg.end_lr,
                        step_mode="exp", smooth_f=0.05, diverge_th=DIVERGE) as t, \
             warnings.catch_warnings():
-        # pick_lrs says it
+        # lr_rule.pick_lrs says it, as a warning of its own
         warnings.filterwarnings("ignore", "Run completed without loss diverging")
         t.run(loader, max_epochs=math.ceil(cfg.num_iter / len(loader)))
     return lrs[:len(losses)], losses

@@ -34,8 +34,10 @@ class Run:
     lrs: tuple  # (LRMIN, LRMAX, where they came from)
     eval_loader: object
     eval_model: object = None
+    started: float = 0.0  # time.perf_counter() when the process began this run
     history: list = dataclasses.field(default_factory=list)  # a dict per epoch: the table's rows
     trace: dict = dataclasses.field(default_factory=dict)  # per iteration: LR, momentum as applied
+    write_metrics: object = None  # metrics.json's writer (attach_monitor)
 
     @property
     def dir(self):
@@ -153,7 +155,7 @@ def plot_predictions(run, images, labels, preds):
     plt.close(fig)
 
 
-def final_report(run, arrays, timing, write_metrics):
+def final_report(run, arrays, loop_seconds):
     """Plain and flip-TTA accuracy on the evaluation set, the figures, the summary in metrics.json
     and one line."""
     cfg, model, loader = run.cfg, run.eval_model, run.eval_loader
@@ -173,21 +175,21 @@ def final_report(run, arrays, timing, write_metrics):
                "lr_min": run.lrs[0], "lr_max": run.lrs[1],
                "train_seconds": sum(h["train_seconds"] for h in run.history),
                "eval_seconds": sum(h["eval_seconds"] for h in run.history),
-               "loop_seconds": timing["loop_seconds"],
-               "wall_seconds": time.perf_counter() - timing["t_start"],
+               "loop_seconds": loop_seconds,  # the epochs with their evaluation: the speed goal's
+               "wall_seconds": time.perf_counter() - run.started,
                "world_size": idist.get_world_size(), "run_dir": str(run.dir)}
     if idist.get_rank() == 0:
         images = split_data(arrays, cfg.subset, cfg.val)[2]  # the evaluation images, as loaded
         plot_predictions(run, images, labels, preds)
         plot_history(run)
-        write_metrics(final=summary)
+        run.write_metrics(final=summary)
         print(final_line(summary))
     return summary
 
 
 def attach_monitor(trainer, evaluator, run):
     """Per epoch: the synchronised training time, the epoch's totals and NaN check, evaluation, one
-    table row and metrics.json (rank 0). Returns write_metrics."""
+    table row and metrics.json (rank 0, through run.write_metrics)."""
     rank, start = idist.get_rank(), {}
     totals = EpochTotals().attach(trainer)
     trainer.add_event_handler(Events.STARTED,
@@ -228,7 +230,7 @@ def attach_monitor(trainer, evaluator, run):
             print(row({**run.history[-1], "elapsed": elapsed, "left": left}, header=first))
         write_metrics()
 
-    return write_metrics
+    run.write_metrics = write_metrics
 
 
 def write_config(run, world, original=None):

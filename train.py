@@ -120,7 +120,7 @@ def build_engines(run):
     lr_sched, mom_sched, run.trace = attach_one_cycle(trainer, optimizer, *milestones)
     # evaluation runs the plain model on every process (not DDP, which would talk to the others)
     run.eval_model = model if idist.get_world_size() == 1 else raw
-    # first: loading checks it before the weights
+    # the stamp first: loading checks the network before the weights
     to_save = {"network": engine.Stamp(width=cfg.width),
                "model": raw, "optimizer": optimizer, "trainer": trainer, "lr_sched": lr_sched,
                "mom_sched": mom_sched}
@@ -147,11 +147,9 @@ def resume_from(run, to_save, saver):
         raise UserError(f"{ckpt}: not a checkpoint of this run ({first[:200]})") from None
     done = to_save["trainer"].state.epoch
     metrics = run.dir / "metrics.json"
-    old = read_json(metrics, "metrics file", "move it aside to resume without the earlier epochs' "
-                    "rows") \
-        if metrics.exists() else {}
-    # metrics may be ahead
-    run.history[:] = [h for h in old.get("epochs", []) if h["epoch"] <= done]
+    fix = "move it aside to resume without the earlier epochs' rows"
+    old = read_json(metrics, "metrics file", fix) if metrics.exists() else {}
+    run.history[:] = [h for h in old.get("epochs", []) if h["epoch"] <= done]  # they may be ahead
     for k in run.trace:
         run.trace[k][:] = old.get("per_iteration", {}).get(k, [])[: done * run.n_iter]
     saver.retire(ckpt)  # removed once the resumed run's next checkpoint is safely on disk
@@ -164,7 +162,7 @@ def resume_from(run, to_save, saver):
 def train(cfg):
     """Run (or resume) one training run in this process (one of several under torchrun); returns its
     summary dict. Raises UserError on bad input."""
-    t_start = time.perf_counter()
+    started = time.perf_counter()
     logging.getLogger("ignite.engine.engine.Engine").setLevel(logging.CRITICAL)  # run_cli says ours
     rank, world = idist.get_rank(), idist.get_world_size()
     device = distributed.process_device(cfg.device)
@@ -180,9 +178,9 @@ def train(cfg):
         # only now: bad data or LRs leave no folder
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
 
-    run = report.Run(cfg, device, len(train_loader), lrs, eval_loader)
+    run = report.Run(cfg, device, len(train_loader), lrs, eval_loader, started=started)
     trainer, evaluator, to_save = build_engines(run)
-    write_metrics = report.attach_monitor(trainer, evaluator, run)
+    report.attach_monitor(trainer, evaluator, run)
     saver = SafeDiskSaver(str(run.dir), save_on_rank=0)
     # after the metrics: a kill between the two leaves metrics one epoch ahead, which resume trims
     trainer.add_event_handler(Events.EPOCH_COMPLETED(every=cfg.save_every) | Events.COMPLETED,
@@ -198,24 +196,22 @@ def train(cfg):
         tb = tblog.attach_run(trainer, run, written, done)
     if sys.stderr.isatty() and rank == 0:
         ProgressBar(persist=False).attach(trainer)
-    return run_loop(run, trainer, train_loader, arrays, tb, write_metrics, t_start)
+    return run_loop(run, trainer, train_loader, arrays, tb)
 
 
-def run_loop(run, trainer, train_loader, arrays, tb, write_metrics, t_start):
+def run_loop(run, trainer, train_loader, arrays, tb):
     """The epochs (a finished run only gets its final report again: Ignite would restart it), then
     the final evaluation, figures and summary."""
     t_loop = time.perf_counter()
     try:
         if trainer.state.epoch < run.cfg.epochs:
             trainer.run(train_loader, max_epochs=run.cfg.epochs)
-        # the speed goal's
-        timing = {"loop_seconds": time.perf_counter() - t_loop, "t_start": t_start}
-        summary = report.final_report(run, arrays, timing, write_metrics)
+        summary = report.final_report(run, arrays, loop_seconds=time.perf_counter() - t_loop)
         if tb:
             tblog.log_final(tb, summary, run.cfg.epochs * run.n_iter + 1)  # past the last iteration
         return summary
     except engine.NonFiniteLoss as e:
-        write_metrics()
+        run.write_metrics()
         if idist.get_rank() == 0:
             report.plot_history(run)
         raise UserError(str(e)) from None

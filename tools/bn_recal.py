@@ -88,7 +88,7 @@ def main(argv=None):
                    help="finished train.py run folders (config.json, checkpoint)")
     config.add_args(p, "data", "out", "device", out=("recal.json", "JSON file for the numbers"))
     args = p.parse_args(argv)
-    args.device = pick_device(args.device)
+    args.device = pick_device(args.device, slow=False)
     arrays = data.load_cifar10(args.data, download=False)
     rows = [evaluate_run(run, arrays, args.device) for run in args.runs]
     names = ("as trained",) + VARIANTS
