@@ -131,8 +131,8 @@ def test_seeds_runs_the_range_test_once_then_each_seed_and_carries_on(tmp_path):
     """One command for the claim: the range test once, a run per seed with its LRs, the table.
     Killed during seed 1, the same command keeps seed 0 and resumes seed 1 from its checkpoint."""
     out = tmp_path / "seeds"
-    tiny = ["--data", DATA, "--device", "cpu", "--subset", "256", "--bs", "64", "--width", "0.25",
-            "--epochs", "3", "--peak-epoch", "1", "--num-iter", "60", "--start-lr", "1e-3",
+    tiny = ["--data", DATA, "--device", "cpu", "--subset", "256", "--bs", "64", "--width", "0.125",
+            "--epochs", "2", "--peak-epoch", "1", "--num-iter", "60", "--start-lr", "1e-3",
             "--sweeps", "1"]
     cmd = [sys.executable, str(ROOT / "scripts" / "seeds.py"), "--out", str(out), "--seeds", "0",
            "1", *map(str, tiny)]
@@ -144,7 +144,7 @@ def test_seeds_runs_the_range_test_once_then_each_seed_and_carries_on(tmp_path):
         time.sleep(0.01)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
-    assert not (out / "seed1" / "checkpoint_3.pt").exists(), "killed too late: seed 1 had finished"
+    assert not (out / "seed1" / "checkpoint_2.pt").exists(), "killed too late: seed 1 had finished"
     seed0 = (out / "seed0" / "metrics.json").read_text()
     r = run_script("scripts/seeds.py", "--out", out, "--seeds", "0", "1", *tiny)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -155,7 +155,7 @@ def test_seeds_runs_the_range_test_once_then_each_seed_and_carries_on(tmp_path):
     for seed in (0, 1):
         config = json.loads((out / f"seed{seed}" / "config.json").read_text())
         assert config["seed"] == seed and config["lr_min_used"] == result["lr_min"]
-        assert config["width"] == 0.25 and config["lr_source"] == str(out / "lr_range" /
+        assert config["width"] == 0.125 and config["lr_source"] == str(out / "lr_range" /
                                                                       "lr_range.json")
     assert "final" in json.loads((out / "seed1" / "metrics.json").read_text())
     summary = (out / "summary.txt").read_text()
