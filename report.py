@@ -35,6 +35,7 @@ class Run:
     eval_loader: object
     eval_model: object = None
     started: float = 0.0  # time.perf_counter() when the process began this run
+    wall_before: float = 0.0  # a resumed run: its earlier processes' seconds, to their checkpoints
     history: list = dataclasses.field(default_factory=list)  # a dict per epoch: the table's rows
     trace: dict = dataclasses.field(default_factory=dict)  # per iteration: LR, momentum as applied
     write_metrics: object = None  # metrics.json's writer (attach_monitor)
@@ -42,6 +43,11 @@ class Run:
     @property
     def dir(self):
         return Path(self.cfg.out)
+
+    def wall(self):
+        """The run's wall seconds so far, summed over the processes that ran it (each from its
+        start to the last epoch it checkpointed), as the train seconds of its epochs are."""
+        return self.wall_before + time.perf_counter() - self.started
 
 
 def clock(seconds):
@@ -175,8 +181,8 @@ def final_report(run, arrays, loop_seconds):
                "lr_min": run.lrs[0], "lr_max": run.lrs[1],
                "train_seconds": sum(h["train_seconds"] for h in run.history),
                "eval_seconds": sum(h["eval_seconds"] for h in run.history),
-               "loop_seconds": loop_seconds,  # the epochs with their evaluation: the speed goal's
-               "wall_seconds": time.perf_counter() - run.started,
+               "loop_seconds": loop_seconds,  # this process's epochs with evaluation: speed goal's
+               "wall_seconds": run.wall(),  # all processes, like train_seconds
                "world_size": idist.get_world_size(), "run_dir": str(run.dir)}
     if idist.get_rank() == 0:
         images = split_data(arrays, cfg.subset, cfg.val)[2]  # the evaluation images, as loaded
@@ -222,7 +228,8 @@ def attach_monitor(trainer, evaluator, run):
                             "train_acc": stats["accuracy"], "eval_loss": m["loss"],
                             "eval_acc": m["accuracy"], "eval_name": run.eval_loader.name,
                             "lr": run.trace["lr"][-1], "momentum": run.trace["momentum"][-1],
-                            "train_seconds": t_train, "eval_seconds": time.perf_counter() - t0})
+                            "train_seconds": t_train, "eval_seconds": time.perf_counter() - t0,
+                            "wall_seconds": run.wall()})
         if rank == 0:  # this process's pace so far (a resumed run counts from where it resumed)
             done, total = engine.state.epoch - start["epoch"], run.cfg.epochs - start["epoch"]
             elapsed, left = progress(time.perf_counter() - start["t"], done, total)

@@ -150,6 +150,8 @@ def resume_from(run, to_save, saver):
     fix = "move it aside to resume without the earlier epochs' rows"
     old = read_json(metrics, "metrics file", fix) if metrics.exists() else {}
     run.history[:] = [h for h in old.get("epochs", []) if h["epoch"] <= done]  # they may be ahead
+    # the earlier processes' time; a run from before rows had it counts this process only
+    run.wall_before = run.history[-1].get("wall_seconds", 0.0) if run.history else 0.0
     for k in run.trace:
         run.trace[k][:] = old.get("per_iteration", {}).get(k, [])[: done * run.n_iter]
     saver.retire(ckpt)  # removed once the resumed run's next checkpoint is safely on disk

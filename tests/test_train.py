@@ -103,6 +103,10 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", killed))
     assert [e["train_loss"] for e in ma["epochs"]] == [e["train_loss"] for e in mb["epochs"]]
     assert ma["per_iteration"] == mb["per_iteration"]
+    # wall seconds carry on over the kill: the killed process's to epoch 1, then the resumed one's
+    w1, w2 = (e["wall_seconds"] for e in mb["epochs"])
+    assert w2 >= w1 + mb["epochs"][1]["train_seconds"] + mb["epochs"][1]["eval_seconds"]
+    assert mb["final"]["wall_seconds"] >= w2
     # the same killed run resumed on two processes (torchrun, gloo): it finishes, from the plain
     # checkpoint
     r = torchrun(["--standalone", "--nproc_per_node", "2"], "train.py", "--resume",
