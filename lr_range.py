@@ -55,11 +55,17 @@ def auto_start_lr(num_iter, end_lr):
     return end_lr / 10 ** min(MAX_DECADES, max(MIN_DECADES, num_iter / ITERS_PER_DECADE))
 
 
+def sweep_start(cfg):
+    """The sweep's first LR: --start-lr as given (0 too, which check() refuses), else the
+    automatic one."""
+    return auto_start_lr(cfg.num_iter, cfg.end_lr) if cfg.start_lr is None else cfg.start_lr
+
+
 def reuse_key(cfg, world=1):
     """The values of RUN_KEYS and SWEEP_KEYS a range test with settings `cfg` on `world` processes
     has."""
     made = {"bn_batch": cfg.bs if cfg.sync_bn or world == 1 else cfg.bs // world,
-            "start_lr": cfg.start_lr or auto_start_lr(cfg.num_iter, cfg.end_lr),
+            "start_lr": sweep_start(cfg),
             "momentum": MOMENTUM,
             "diverge": DIVERGE, "rule_version": lr_rule.RULE_VERSION}
     return {k: made[k] if k in made else getattr(cfg, k) for k in RUN_KEYS + SWEEP_KEYS}
@@ -87,7 +93,7 @@ def sweep(cfg, model, raw, optimizer, loader):
     """FastaiLRFinder over the shared training step on an engine of its own (only the finder and a
     NaN stop attached). Returns (lrs, losses averaged over the processes); the model and optimizer
     are restored on exit."""
-    start_lr = cfg.start_lr or auto_start_lr(cfg.num_iter, cfg.end_lr)
+    start_lr = sweep_start(cfg)
     trainer = engine.create_trainer(model, optimizer, nn.CrossEntropyLoss(), loader.device,
                                     cfg.precision)
     lrs, losses = [], []
@@ -210,7 +216,7 @@ def plot(result):
 
 
 def check(cfg):
-    start = cfg.start_lr or auto_start_lr(cfg.num_iter, cfg.end_lr)
+    start = sweep_start(cfg)
     if cfg.num_iter < 10:
         raise UserError(f"--num-iter must be at least 10, got {cfg.num_iter}")
     if not 0 < start < cfg.end_lr or not math.isfinite(cfg.end_lr):

@@ -58,7 +58,8 @@ def bench_data(cfg):
         for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
             times[k].append(v)
     first = sum(v[0] for v in times.values())
-    return {k: min(v) for k, v in times.items()} | {"first_total_s": first, "batches": len(loader)}
+    return {k: min(v) for k, v in times.items()} | {"first_total_s": first, "batches": len(loader),
+                                                    "train_images": loader.n}
 
 
 def compile_mode(mode):
@@ -81,7 +82,7 @@ def run_once(cfg):
     return summary, history, wall, peak
 
 
-def bench_mode(mode, base, macs):
+def bench_mode(mode, base, macs, n_images):
     """A warm-up run, then a timed one, of train.train() in one mode: the table's numbers, or the
     error."""
     runs = []
@@ -97,7 +98,7 @@ def bench_mode(mode, base, macs):
         print(f"--- {mode} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         return {"mode": mode, "error": f"{type(e).__name__}: {e}"[:2000]}
     (summary, history, wall, peak), warm_wall = runs[1], runs[0][2]
-    images = (base.subset or 50_000) * base.epochs
+    images = n_images * base.epochs
     per_epoch = [h["train_seconds"] for h in history]
     flops = 3 * 2 * macs * images
     return {"mode": mode, "median_epoch_s": statistics.median(per_epoch), "train_s": sum(per_epoch),
@@ -150,9 +151,9 @@ def main(argv=None):
     lr_min, lr_max, source = train.resolve_lrs(base, data.load_cifar10(base.data))
     print(f"LRMIN {lr_min:.4g}, LRMAX {lr_max:.4g} from {source}")
     base = config.Config(**{**vars(base), "lr_min": lr_min, "lr_max": lr_max})
-    results = [bench_mode(mode, base, macs) for mode in modes]
+    results = [bench_mode(mode, base, macs, d["train_images"]) for mode in modes]
     print_tables(d, results)
-    pflop = 3 * 2 * macs * (base.subset or 50_000) * base.epochs / 1e15
+    pflop = 3 * 2 * macs * d["train_images"] * base.epochs / 1e15
     print(f"FLOP count: {pflop:.3f} PFLOP for {base.epochs} epochs (3 x 2 x {macs:,} multiply-adds "
           "per image)")
     out = Path(base.out)

@@ -63,13 +63,15 @@ def main(argv=None):
                                    "summary.txt"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                    help="seeds to run (default: 0 1 2 3 4)")
-    p.add_argument("--gpus", type=int, default=0,
+    p.add_argument("--gpus", type=int, default=None,
                    help="seeds side by side, one per GPU (default: the GPUs torch sees, or 1)")
     args, flags = p.parse_known_args(argv)  # the rest: train.py's flags, presets (@FILE) included
     args.out = Path(args.out)
     cfg = train.config_from_args(train.parse_args([*flags, "--out", str(args.out / "_")]))
     train.check_config(cfg)
-    gpus = args.gpus or (torch_gpus() if cfg.device == "cuda" else 1)
+    if args.gpus is not None and args.gpus < 1:
+        raise UserError(f"--gpus must be at least 1, got {args.gpus}")
+    gpus = args.gpus if args.gpus is not None else torch_gpus() if cfg.device == "cuda" else 1
     args.out.mkdir(parents=True, exist_ok=True)
     lr_json = range_test(cfg, args.out)
     procs = []

@@ -19,11 +19,12 @@ import model
 import train
 import triangle
 from cli import run_cli
+from scripts import seeds
 from config import Config
 from conftest import DATA
 
 MAINS = {"train.py": train.main, "lr_range.py": lr_range.main, "triangle.py": triangle.main,
-         "data.py": data.main, "model.py": model.main}
+         "data.py": data.main, "model.py": model.main, "seeds.py": seeds.main}
 CPU = ["--data", str(DATA), "--device", "cpu"]
 TINY = [*CPU, "--subset", "64", "--bs", "32", "--epochs", "2", "--peak-epoch", "1", "--width",
         "0.125"]
@@ -205,6 +206,9 @@ ROWS = [  # (script, argv, setup, what the one line must say)
     ("lr_range.py", ["--data", "{tmp}/f", "--device", "cpu"], a_file("f"), "is a file; --data "
      "names the folder"),
     ("lr_range.py", [*CPU, "--bs", "0"], NONE, "--bs must be positive"),
+    ("lr_range.py", [*CPU, "--start-lr", "0"], NONE, "need 0 < --start-lr < --end-lr, got 0.0"),
+    ("train.py", [*TINY, "--start-lr", "0"], NONE, "need 0 < --start-lr < --end-lr, got 0.0"),
+    ("seeds.py", ["--out", "{tmp}/s", "--gpus", "0", *TINY], NONE, "--gpus must be at least 1"),
     ("triangle.py", ["--out", "{tmp}/tri.xyz"], NONE, "cannot write a figure as 'xyz'"),
     ("triangle.py", ["--out", "{tmp}/tri"], NONE, "cannot write a figure as 'no extension'"),
     ("triangle.py", ["--out", "{tmp}/f/tri.png"], a_file("f"), "is a file; give another --out"),

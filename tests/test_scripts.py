@@ -84,15 +84,17 @@ def test_summarize_groups_ablation_variants(smoke_run, tmp_path):
 
 @pytest.mark.slow
 def test_bench_runs_on_cpu(tmp_path):
+    # --subset above the 400 training images there: the counts are of the images trained on
     r = run_script("scripts/bench.py", "--modes", "eager", "--data", DATA, "--device", "cpu",
-                   "--width", "0.25", "--subset", "64", "--bs", "32", "--epochs", "2",
+                   "--width", "0.25", "--subset", "1000", "--bs", "200", "--epochs", "2",
                    "--peak-epoch", "1", "--lr-min", "0.01", "--lr-max", "0.1", "--out", tmp_path)
     assert r.returncode == 0, r.stderr
     bench = json.loads((tmp_path / "bench.json").read_text())
     (res,) = bench["runs"]
     assert bench["data"]["batches"] == 2 and bench["data"]["epoch_aug_s"] > 0
     assert res["mode"] == "eager" and res["train_s"] > 0 and res["images_per_s"] > 0
-    assert res["pflop"] == pytest.approx(3 * 2 * 24_036_608 * 64 * 2 / 1e15)  # MACs at width 1/4
+    assert bench["data"]["train_images"] == 400
+    assert res["pflop"] == pytest.approx(3 * 2 * 24_036_608 * 400 * 2 / 1e15)  # MACs at width 1/4
     assert "img/s" in r.stdout
 
 
