@@ -240,12 +240,21 @@ def attach_monitor(trainer, evaluator, run):
     run.write_metrics = write_metrics
 
 
+def command(argv=None):
+    """The command line as typed, the script named from the repository's root (where the checkout
+    lies differs between machines; the flags stay as given)."""
+    argv = sys.argv if argv is None else argv
+    script, root = Path(argv[0]).resolve(), Path(__file__).resolve().parent
+    name = script.relative_to(root) if script.is_relative_to(root) else Path(argv[0]).name
+    return " ".join([str(name), *argv[1:]])
+
+
 def write_config(run, world, original=None):
     """config.json: a new run's settings, LRs, versions and command. A resume keeps the `original`
     as it was and appends when, where and how it continued."""
     now = time.strftime("%Y-%m-%d %H:%M:%S")
     here = {"at": now, "device": run.cfg.device, "world_size": world,
-            "versions": versions(run.device), "command": " ".join(sys.argv)}
+            "versions": versions(run.device), "command": command()}
     if original is not None:
         config = {**original, "resumes": original.get("resumes", []) + [here]}
     else:

@@ -69,3 +69,13 @@ def test_every_default_lives_in_config():
     for path in [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tools/*.py")]:
         declared = set(re.findall(r"add_argument\(\s*\"(--[a-z-]+)\"", path.read_text()))
         assert not declared & names, (path.name, declared & names)
+
+
+def test_committed_results_name_no_machine_paths():
+    """A results folder reads the same on any machine: no absolute path of the machine that made
+    it (paths relative to the repository root, as the runs were started there)."""
+    absolute = re.compile(r"(?<![\w.:/])/(?:[\w.-]+/)+")  # /x/y/..., not 'a / b' or 'http://'
+    found = [(str(p.relative_to(ROOT)), m.group()) for p in (ROOT / "docs").rglob("*")
+             if p.suffix in (".json", ".log", ".txt", ".md")
+             for m in [absolute.search(p.read_text())] if m]
+    assert not found, found[:5]

@@ -13,6 +13,7 @@ import torch
 
 import engine
 import lr_range
+import report
 import schedule
 import train
 from cli import UserError
@@ -33,12 +34,20 @@ def test_smoke_run_writes_every_artefact_and_learns(smoke_run):
     assert m["final"]["eval_set"] == "test" and 0 <= m["final"]["tta_accuracy"] <= 1
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["lr_source"] == "flags" and cfg["versions"]["torch"] == torch.__version__
+    assert cfg["command"].startswith("train.py --data ")  # started as /.../train.py
     assert "test accuracy" in r.stdout.strip().splitlines()[-1]
     table = [line.split() for line in r.stdout.splitlines() if line.split()[:1] in (["1"], ["2"],
                                                                                     ["3"])]
     # nothing left at the end
     assert [t[0] for t in table] == ["1", "2", "3"] and table[-1][-1] == "0:00:00", r.stdout
     assert all(t[-2].count(":") == 2 for t in table), r.stdout  # the time so far, h:mm:ss
+
+
+def test_the_command_names_the_script_from_the_repository_root():
+    assert report.command([str(ROOT / "scripts" / "seeds.py"), "--out", "/x"]) == \
+        "scripts/seeds.py --out /x"  # the flags as given
+    assert report.command(["train.py", "--seed", "1"]) == "train.py --seed 1"
+    assert report.command(["/elsewhere/train.py"]) == "train.py"
 
 
 @pytest.mark.slow
