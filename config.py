@@ -91,13 +91,15 @@ class Config:
         "", TRAIN, "continue the killed run in DIR from its last checkpoint, on any number of "
         "processes", metavar="DIR")
     # -- the LR range test: lr_range.py, and train.py when no saved result fits its step
-    num_iter: int = setting(200, RANGE, "iterations of each sweep", metavar="N")
+    num_iter: int = setting(
+        750, RANGE, "iterations of each sweep: 150 per factor of 10 in LR, near the pace of the "
+        "one-cycle's warm-up", metavar="N")
     sweeps: int = setting(
-        3, RANGE, "average the loss curves of K sweeps (seeds seed..seed+K-1) before the rule "
+        1, RANGE, "average the loss curves of K sweeps (seeds seed..seed+K-1) before the rule "
         "reads it", metavar="K")
     start_lr: float | None = setting(
-        None, RANGE, "first LR of a sweep (default: end-lr / 10^clamp(num_iter/10, 4, 6): 1e-5 "
-        "for 200 iterations, 1e-4 for 50, 1e-3 for 40 or fewer)")
+        None, RANGE, "first LR of a sweep (default: end-lr / 10^clamp(num_iter/150, 4, 5): 1e-4 "
+        "for 750 iterations, 1e-3 for 600 or fewer)")
     end_lr: float = setting(10.0, RANGE, "last LR of a sweep")
 
 

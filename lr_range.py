@@ -7,13 +7,15 @@ LRMAX.
 Ignite's FastaiLRFinder sweeps the LR exponentially from --start-lr to --end-lr over --num-iter
 iterations (iteration k, from 0, runs at start * (end/start)^(k/num_iter)) of the training step
 train.py runs (engine.py: the same model, SGD with Nesterov momentum 0.9 and weight decay,
-augmentation, precision), on the TRAINING images only, and stops once the loss diverges. The rule of
-lr_rule.py reads the LR-by-LR mean of --sweeps K sweeps (seeds seed..seed+K-1): one sweep's valley
-is a broad, noisy floor (one sweep's LRMAX varied 1.5-1.6x between seeds, the mean of three 1.23x;
-docs/lr_range.md). Three sweeps cost about six epochs' worth of steps. Under torchrun every process
-sweeps, as it trains: its slice of every global batch, gradients averaged, batch norm as --sync-bn
-says, so the LRs fit the step that will use them; rank 0 writes. A loss that never falls, or is NaN
-from the first step, is an error and writes nothing.
+augmentation, precision), on the TRAINING images only, and stops once the loss diverges. The sweep
+is slow on purpose: 150 iterations per factor of 10 (1e-4 -> 10 in 750 iterations, about 7.7
+epochs' worth of steps), near the pace at which the one-cycle's warm-up climbs to LRMAX. A fast
+sweep (10 per decade) finds its valley at a lower LR the wider the network, while the LR that
+trains best does not follow it (docs/lr_range.md). The rule of lr_rule.py reads the curve (the
+LR-by-LR mean of --sweeps K sweeps, seeds seed..seed+K-1, where K > 1). Under torchrun every
+process sweeps, as it trains: its slice of every global batch, gradients averaged, batch norm as
+--sync-bn says, so the LRs fit the step that will use them; rank 0 writes. A loss that never falls,
+or is NaN from the first step, is an error and writes nothing.
 """
 import math
 import time
@@ -39,10 +41,11 @@ from report import progress
 
 MOMENTUM = 0.9  # the sweep's momentum: the recipe's constant 0.9
 DIVERGE = 4.0  # stop a sweep once its (EMA-smoothed) loss exceeds this multiple of its best
-# the fewest sweep iterations per factor of 10 in LR that still resolve the fall
-ITERS_PER_DECADE = 10
-# a sweep spans at least 1e-3..10: the loss starts to fall near 1e-3
-MIN_DECADES, MAX_DECADES = 4, 6
+# the sweep's pace: iterations per factor of 10 in LR (docs/lr_range.md: the valley moves with it)
+ITERS_PER_DECADE = 150
+# a sweep spans 1e-3..10 at least (the loss starts to fall near 1e-3 at width 1/4, earlier at 1),
+# 1e-4..10 at most; a short sweep (a quick run, a test) has fewer iterations per decade
+MIN_DECADES, MAX_DECADES = 4, 5
 # What a saved result must have been made with to be reused: the run's step (bn_batch: the images
 # each batch-norm statistic sees, bs/N per process under torchrun without --sync-bn) and the sweep
 # itself.
@@ -160,9 +163,9 @@ def finish(cfg, out, curves, key, seconds):
     """The rule over the mean curve, then lr_range.json and its figure (rank 0)."""
     lrs, losses = lr_rule.mean_curve(curves)
     picked = lr_rule.pick_lrs(lrs, losses)
-    result = {**{k: picked[k] for k in ("lr_min", "lr_max", "lr_valley")},
-              "rule": lr_rule.RULE, "seed": cfg.seed, "max_backoff": lr_rule.MAX_BACKOFF, **key,
-              "device": cfg.device, "world_size": idist.get_world_size(), "seconds": seconds,
+    result = {"lr_min": picked["lr_min"], "lr_max": picked["lr_max"], "rule": lr_rule.RULE,
+              "seed": cfg.seed, **key, "device": cfg.device,
+              "world_size": idist.get_world_size(), "seconds": seconds,
               "warning": picked["warning"], "lrs": lrs, "losses": losses,
               "smoothed": picked["smoothed"],
               "sweep_losses": [c[1] for c in curves] if cfg.sweeps > 1 else None,
@@ -179,9 +182,8 @@ def finish(cfg, out, curves, key, seconds):
     write_json(out / "lr_range.json", result)
     if picked["warning"]:
         print(f"warning: {picked['warning']}")
-    print(f"LRMIN {result['lr_min']:.4g}  LRMAX {result['lr_max']:.4g}  (valley "
-          f"{result['lr_valley']:.4g}; "
-          f"{len(losses)} iterations, {seconds:.1f} s) -> {out / 'lr_range.json'}")
+    print(f"LRMIN {result['lr_min']:.4g}  LRMAX {result['lr_max']:.4g}  ({len(losses)} "
+          f"iterations, {seconds:.1f} s) -> {out / 'lr_range.json'}")
     return result
 
 
@@ -199,8 +201,6 @@ def plot(result):
     ax.plot(lrs[:n], result["smoothed"], color="C0", lw=2,
             label="smoothed (centred moving average)")
     marks = [("lr_min", "C2", "LRMIN"), ("lr_max", "C3", "LRMAX")]
-    if result["lr_valley"] != result["lr_max"]:
-        marks.append(("lr_valley", "0.5", "valley"))
     for key, colour, name in marks:
         ax.axvline(result[key], color=colour, ls="--", lw=1.2, label=f"{name} = {result[key]:.3g}")
     finite = [v for v in result["losses"] if math.isfinite(v)]
@@ -209,7 +209,8 @@ def plot(result):
     seeds = f"mean of {k} sweeps, seeds {result['seed']}..{result['seed'] + k - 1}" if k > 1 \
         else f"seed {result['seed']}"
     ax.set(xlabel="learning rate (log scale)", ylabel="training loss",
-           title=f"LR range test: batch {result['bs']}, {len(lrs)} iterations, {seeds}")
+           title=f"LR range test: width {result.get('width', 1.0):g}, batch {result['bs']}, "
+                 f"{len(lrs)} iterations, {seeds}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return fig

@@ -8,8 +8,9 @@ sweeps).
      drop made so far, taken as the (geometric) centre of its floor: the first to the last LR, up to
      that turn, whose loss is within VALLEY_TOLERANCE of the drop of that point (all of them, so a
      noisy bump inside a flat floor does not cut it in two). Not the global minimum: with batch norm
-     the loss can spike at LR ~1 and fall again at ~5, where a run would not train. LRMAX is half of
-     the valley (MAX_BACKOFF = 2), chosen on the CPU twin's validation split (docs/cpu_twin.md);
+     the loss can spike at LR ~1 and fall again at ~5, where a run would not train. LRMAX is the
+     valley itself: read off lr_range.py's slow sweep it lands where the 24-epoch one-cycle trains
+     best at width 1 and at width 1/4 (docs/lr_range.md); a fast sweep needed a factor;
   3. LRMIN = where the loss starts to fall: the LR from which on the smoothed loss stays at least
      FALL_FRACTION of its drop (from the median of the first window down to the valley) below the
      start.
@@ -21,14 +22,15 @@ from cli import UserError
 SMOOTH_FRACTION = 0.1  # moving-average window, as a fraction of the points recorded
 TURN_FRACTION = 0.25  # the loss has turned up once it climbs back by 25 % of the drop so far
 VALLEY_TOLERANCE = 0.05  # the valley's floor: within 5 % of the drop of its lowest point
-MAX_BACKOFF = 2.0  # LRMAX = valley / 2: chosen on the CPU twin's validation split
-RULE_VERSION = 3  # 1: LRMAX = the valley; 2: a quarter, floor cut at a bump; 3: half, whole floor
+# 1: LRMAX = the valley; 2: a quarter, floor cut at a bump; 3: half, whole floor (fast sweep);
+# 4: the valley's whole floor, read off the slow sweep
+RULE_VERSION = 4
 FALL_FRACTION = 0.1  # LRMIN: where the smoothed loss has made 10 % of its drop to the valley
 MIN_DROP = 0.1  # a curve whose smoothed loss never falls 10 % below its start has no answer
 RULE = (f"smooth the loss with a centred moving average ({SMOOTH_FRACTION:.0%} of the points); "
         f"valley = lowest smoothed loss before it first climbs back by {TURN_FRACTION:.0%} of the "
         "drop so far, taken as the centre of its whole floor up to that turn (within "
-        f"{VALLEY_TOLERANCE:.0%} of the drop); LRMAX = valley LR / {MAX_BACKOFF:g}; LRMIN = LR "
+        f"{VALLEY_TOLERANCE:.0%} of the drop); LRMAX = the valley's LR; LRMIN = LR "
         f"from which on the smoothed loss stays {FALL_FRACTION:.0%} of its drop (start to valley) "
         "below the start")
 
@@ -62,8 +64,8 @@ def find_valley(s, start, turn_fraction=TURN_FRACTION, min_drop=MIN_DROP):
 
 
 def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, valley_tolerance=VALLEY_TOLERANCE,
-             max_backoff=MAX_BACKOFF, fall_fraction=FALL_FRACTION, smooth_fraction=SMOOTH_FRACTION):
-    """The rule (module docstring). Returns a dict with lr_min, lr_max, lr_valley, smoothed, and a
+             fall_fraction=FALL_FRACTION, smooth_fraction=SMOOTH_FRACTION):
+    """The rule (module docstring). Returns a dict with lr_min, lr_max (the valley), smoothed, and a
     warning or None. Raises UserError when the curve gives no answer."""
     lrs, losses = np.asarray(lrs, dtype=np.float64), np.asarray(losses, dtype=np.float64)
     finite = np.isfinite(losses)
@@ -94,8 +96,7 @@ def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, valley_tolerance=VALLEY_T
     # would halve it otherwise)
     floor = np.nonzero(s[:i_turn] <= s[i_valley] + valley_tolerance * drop)[0]
     a, b = int(floor[0]), int(floor[-1])
-    lr_valley, lr_min = float(np.sqrt(lrs[a] * lrs[b])), float(lrs[i_fall])
-    lr_max = lr_valley / max_backoff
+    lr_max, lr_min = float(np.sqrt(lrs[a] * lrs[b])), float(lrs[i_fall])
     if lr_min >= lr_max:
         raise UserError(f"the loss only started to fall (LR {lr_min:.3g}) above the rule's LRMAX "
                         f"{lr_max:.3g}: lower --start-lr or raise --num-iter so the sweep "
@@ -104,7 +105,7 @@ def pick_lrs(lrs, losses, turn_fraction=TURN_FRACTION, valley_tolerance=VALLEY_T
     if i_turn == n and finite.all():  # never turned up
         warning = (f"the loss never turned up before the end of the sweep (LR {lrs[-1]:.3g}): "
                    "LRMAX may be underestimated; raise --end-lr")
-    return {"lr_min": lr_min, "lr_max": lr_max, "lr_valley": lr_valley, "smoothed": s.tolist(),
+    return {"lr_min": lr_min, "lr_max": lr_max, "smoothed": s.tolist(),
             "n_used": n, "warning": warning}
 
 

@@ -31,7 +31,7 @@ class Run:
     cfg: object  # config.Config
     device: torch.device
     n_iter: int  # iterations per epoch
-    lrs: tuple  # (LRMIN, LRMAX, where they came from)
+    lrs: tuple  # (LRMIN, LRMAX, where they came from, the range-test rule's version or None)
     eval_loader: object
     eval_model: object = None
     started: float = 0.0  # time.perf_counter() when the process began this run
@@ -258,9 +258,9 @@ def write_config(run, world, original=None):
     if original is not None:
         config = {**original, "resumes": original.get("resumes", []) + [here]}
     else:
-        lr_min, lr_max, source = run.lrs
+        lr_min, lr_max, source, rule = run.lrs
         config = {**dataclasses.asdict(run.cfg), "lr_min_used": lr_min, "lr_max_used": lr_max,
-                  "lr_source": source, "iters_per_epoch": run.n_iter,
+                  "lr_source": source, "lr_rule_version": rule, "iters_per_epoch": run.n_iter,
                   "eval_set": run.eval_loader.name, "world_size": world, "started": now,
                   "versions": here["versions"], "command": here["command"]}
     if idist.get_rank() == 0:

@@ -74,12 +74,13 @@ def check_config(cfg, world=1):
 
 
 def resolve_lrs(cfg, arrays):
-    """(lr_min, lr_max, source): flags win; else lr_range.json if it was made for this run's step
-    (and, unless named with --lr-json, with the sweep this run would make: a file named on purpose
-    is taken as chosen, the differences said); else the range test runs now, on every process, into
-    the run folder. Each refusal is said in one line."""
+    """(lr_min, lr_max, source, the version of the rule that read them or None): flags win; else
+    lr_range.json if it was made for this run's step (and, unless named with --lr-json, with the
+    sweep this run would make: a file named on purpose is taken as chosen, the differences said);
+    else the range test runs now, on every process, into the run folder. Each refusal is said in
+    one line."""
     if cfg.lr_min is not None and cfg.lr_max is not None:
-        return cfg.lr_min, cfg.lr_max, "flags"
+        return cfg.lr_min, cfg.lr_max, "flags", None
     say = print if idist.get_rank() == 0 else (lambda *a, **k: None)
     wanted = lr_range.reuse_key(cfg, idist.get_world_size())
     found, path, named = None, Path(cfg.lr_json), cfg.lr_json != config.LR_JSON
@@ -102,7 +103,7 @@ def resolve_lrs(cfg, arrays):
     if not 0 <= lr_min < lr_max:
         raise UserError(f"LR bounds must satisfy 0 <= LRMIN < LRMAX, got {lr_min:.4g} and "
                         f"{lr_max:.4g} from {source}")
-    return lr_min, lr_max, source
+    return lr_min, lr_max, source, found.get("rule_version", 1)
 
 
 def build_engines(run):
@@ -111,7 +112,7 @@ def build_engines(run):
     cfg, device = run.cfg, run.device
     raw = engine.build_model(cfg.seed, device, cfg.width)
     model = engine.compile_model(distributed.wrap_model(raw, device, cfg.sync_bn), cfg.compile)
-    lr_min, lr_max, _ = run.lrs
+    lr_min, lr_max = run.lrs[:2]
     optimizer = engine.make_optimizer(raw, lr_min, cfg.momentum[0], cfg.weight_decay)
     loss = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     trainer = engine.create_trainer(model, optimizer, loss, device, cfg.precision)
@@ -174,7 +175,8 @@ def train(cfg):
     arrays = data.load_cifar10(cfg.data)
     train_loader, eval_loader = data.make_loaders(arrays, cfg, device, rank, world)
     saved = read_run_config(Path(cfg.out)) if cfg.resume else None
-    lrs = (saved["lr_min_used"], saved["lr_max_used"], saved["lr_source"]) if saved \
+    lrs = (saved["lr_min_used"], saved["lr_max_used"], saved["lr_source"],
+           saved.get("lr_rule_version")) if saved \
         else resolve_lrs(cfg, arrays)
     if rank == 0:
         # only now: bad data or LRs leave no folder

@@ -148,7 +148,7 @@ def main(argv=None):
     macs = model.count_macs(model.ResNet9(width=base.width))
     d = bench_data(base)
     # the LRs are settled before any timing: a missing range test runs here, untimed
-    lr_min, lr_max, source = train.resolve_lrs(base, data.load_cifar10(base.data))
+    lr_min, lr_max, source, _ = train.resolve_lrs(base, data.load_cifar10(base.data))
     print(f"LRMIN {lr_min:.4g}, LRMAX {lr_max:.4g} from {source}")
     base = config.Config(**{**vars(base), "lr_min": lr_min, "lr_max": lr_max})
     results = [bench_mode(mode, base, macs, d["train_images"]) for mode in modes]

@@ -33,8 +33,7 @@ def synthetic_curve(seed=0, n=200, noise=0.03, valley=3.0):
 def test_rule_on_a_known_curve():
     lrs, losses = synthetic_curve()
     p = lr_rule.pick_lrs(lrs, losses)
-    assert 1.5 < p["lr_valley"] < 6  # the true minimum is at 3
-    assert p["lr_max"] == pytest.approx(p["lr_valley"] / lr_rule.MAX_BACKOFF)
+    assert 1.5 < p["lr_max"] < 6  # the true minimum is at 3
     # the fall begins well before its midpoint at 1e-2
     assert 1e-4 < p["lr_min"] < 1e-2 < p["lr_max"]
     assert p["warning"] is None
@@ -49,7 +48,7 @@ def test_rule_takes_the_first_valley_not_a_later_deeper_one():
               - 0.05 * np.exp(-((x - 0.6) ** 2) / 0.01) + np.where(x > 0.8, 3 * (x - 0.8), 0))
     losses += np.where((x > -0.7) & (x < 0), 0.4 * (x + 0.7) ** 2, 0)
     p = lr_rule.pick_lrs(lrs, losses)
-    assert 0.1 < p["lr_valley"] < 0.5, p["lr_valley"]
+    assert 0.1 < p["lr_max"] < 0.5, p["lr_max"]
     # the global minimum is the later dip
     assert np.argmin(p["smoothed"]) > np.searchsorted(lrs, 1.0)
 
@@ -73,7 +72,7 @@ def test_a_bump_inside_a_flat_floor_does_not_cut_the_floor_in_two():
     losses = 2.3 - 1.0 / (1 + np.exp(-(x + 2) * 3)) + bump - dip \
         + np.where(lrs > 3, 6 * np.log10(lrs / 3) ** 2, 0)
     p = lr_rule.pick_lrs(lrs, losses)
-    assert 0.3 < p["lr_valley"] < 1.0, p["lr_valley"]
+    assert 0.3 < p["lr_max"] < 1.0, p["lr_max"]
 
 
 def test_rule_stops_at_the_first_nan_and_warns_without_divergence():
@@ -81,7 +80,7 @@ def test_rule_stops_at_the_first_nan_and_warns_without_divergence():
     cut = losses.copy()
     cut[150:] = np.nan
     p = lr_rule.pick_lrs(lrs, cut)
-    assert p["n_used"] == 150 and p["lr_valley"] <= lrs[149]
+    assert p["n_used"] == 150 and p["lr_max"] <= lrs[149]
     p = lr_rule.pick_lrs(lrs[:120], losses[:120])  # the sweep ended while the loss still fell
     assert p["warning"] and "never turned up" in p["warning"]
 
@@ -97,9 +96,9 @@ def test_rule_refuses_curves_without_an_answer(losses, message):
 
 
 def test_a_short_sweep_starts_later_but_never_above_1e_3():
-    starts = {n: lr_range.auto_start_lr(n, 10.0) for n in (200, 300, 60, 50, 40, 20, 10)}
-    assert starts == pytest.approx({200: 1e-5, 300: 1e-5, 60: 1e-5, 50: 1e-4, 40: 1e-3, 20: 1e-3,
-                                    10: 1e-3})
+    starts = {n: lr_range.auto_start_lr(n, 10.0) for n in (900, 750, 675, 600, 200, 40, 10)}
+    assert starts == pytest.approx({900: 1e-4, 750: 1e-4, 675: 10 ** -3.5, 600: 1e-3, 200: 1e-3,
+                                    40: 1e-3, 10: 1e-3})
     with pytest.raises(UserError, match=r"try --num-iter 100, or a later start, --start-lr 0.001,"):
         lr_rule.pick_lrs(np.geomspace(1e-5, 10, 50), np.full(50, 2.3))
     # starting at 1e-3, later is no help
@@ -174,8 +173,7 @@ def test_cli_end_to_end_on_cpu(tmp_path):
     # an exponential sweep: equal steps in log LR from the first iteration on
     ratios = np.diff(np.log(res["lrs"]))
     np.testing.assert_allclose(ratios, ratios[0], rtol=1e-6)
-    assert res["lrs"][0] <= res["lr_min"] < res["lr_max"] <= res["lr_valley"] <= res["lrs"][-1]
-    assert math.isclose(res["lr_max"], res["lr_valley"] / lr_rule.MAX_BACKOFF)
+    assert res["lrs"][0] <= res["lr_min"] < res["lr_max"] <= res["lrs"][-1]
 
 
 @pytest.mark.slow

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import engine
+from cli import UserError
 from conftest import DATA, ROOT, run_script
 from scripts import summarize
-from tools import bn_recal
+from tools import bn_recal, reread_range
 
 def test_recomputed_bn_statistics_are_the_average_over_the_batches():
     import model
@@ -35,6 +36,29 @@ def test_recomputed_bn_statistics_are_the_average_over_the_batches():
     assert bn.momentum == 0.1 and not net.training  # put back as they were
     # the weights untouched
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in weights.items())
+
+
+def test_reread_range_reads_a_saved_curve_with_todays_rule(tmp_path, capsys):
+    import lr_rule
+    from test_lr_range import synthetic_curve
+
+    lrs, losses = synthetic_curve()
+    now = lr_rule.pick_lrs(lrs, losses)
+    saved = tmp_path / "old" / "lr_range.json"  # as an older rule saved it: other LRs
+    saved.parent.mkdir()
+    saved.write_text(json.dumps({"lrs": lrs.tolist(), "losses": losses.tolist(), "lr_min": 1e-3,
+                                 "lr_max": now["lr_max"] / 2, "rule_version": 3, "seed": 0,
+                                 "bs": 512}))
+    before = saved.read_text()
+    reread_range.main([str(saved), "--out", str(tmp_path / "figs")])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"{now['lr_min']:.3g} / {now['lr_max']:.3g}" in row
+    assert f"0.001 / {now['lr_max'] / 2:.3g}" in row
+    assert (tmp_path / "figs" / "old.png").stat().st_size > 0
+    assert saved.read_text() == before  # the result itself untouched
+    (tmp_path / "bad.json").write_text('{"lr_min": 0.1}')
+    with pytest.raises(UserError, match="holds no loss curve"):
+        reread_range.main([str(tmp_path / "bad.json")])
 
 
 @pytest.mark.slow
@@ -159,6 +183,7 @@ def test_seeds_runs_the_range_test_once_then_each_seed_and_carries_on(tmp_path):
         assert config["seed"] == seed and config["lr_min_used"] == result["lr_min"]
         assert config["width"] == 0.125 and config["lr_source"] == str(out / "lr_range" /
                                                                       "lr_range.json")
+        assert config["lr_rule_version"] == result["rule_version"]  # the rule that read them
     assert "final" in json.loads((out / "seed1" / "metrics.json").read_text())
     summary = (out / "summary.txt").read_text()
     assert "median" in summary and "seed0" in summary and "seed1" in summary

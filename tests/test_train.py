@@ -13,6 +13,7 @@ import torch
 
 import engine
 import lr_range
+import lr_rule
 import report
 import schedule
 import train
@@ -33,7 +34,8 @@ def test_smoke_run_writes_every_artefact_and_learns(smoke_run):
     assert len(losses) == 3 and losses[-1] < losses[0] and losses[-1] < math.log(10)
     assert m["final"]["eval_set"] == "test" and 0 <= m["final"]["tta_accuracy"] <= 1
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["lr_source"] == "flags" and cfg["versions"]["torch"] == torch.__version__
+    assert cfg["lr_source"] == "flags" and cfg["lr_rule_version"] is None
+    assert cfg["versions"]["torch"] == torch.__version__
     assert cfg["command"].startswith("train.py --data ")  # started as /.../train.py
     assert "test accuracy" in r.stdout.strip().splitlines()[-1]
     table = [line.split() for line in r.stdout.splitlines() if line.split()[:1] in (["1"], ["2"],
@@ -178,20 +180,21 @@ def test_lrs_come_from_the_range_test(tmp_path, monkeypatch, capsys):
 
     def fake_range_test(rc, out, arrays=None):  # stands in for the sweeps; records what it got
         ran.append((rc, out))
-        return {"lr_min": 0.003, "lr_max": 0.3}
+        return {"lr_min": 0.003, "lr_max": 0.3, "rule_version": lr_rule.RULE_VERSION}
 
     monkeypatch.setattr(lr_range, "run_range_test", fake_range_test)
     with pytest.raises(UserError, match="lr_range.json: no such LR range-test result"):
         train.resolve_lrs(cfg, None)  # named, so it must exist
     monkeypatch.chdir(tmp_path)  # no result at the default path: the test runs, into the run folder
     default = dataclasses.replace(cfg, lr_json=LR_JSON)
-    assert train.resolve_lrs(default, None) == (0.003, 0.3, str(tmp_path / "run" / "lr_range" /
-                                                                "lr_range.json"))
+    found = (0.003, 0.3, str(tmp_path / "run" / "lr_range" / "lr_range.json"), lr_rule.RULE_VERSION)
+    assert train.resolve_lrs(default, None) == found
     assert (ran[0][0].bs, ran[0][0].subset, ran[0][1]) == (64, 256, tmp_path / "run" / "lr_range")
     saved = {"lr_min": 0.01, "lr_max": 0.5, **lr_range.reuse_key(cfg)}  # what a real test writes
     (tmp_path / "lr_range.json").write_text(json.dumps(saved))
-    assert train.resolve_lrs(cfg, None) == (0.01, 0.5, cfg.lr_json)  # a matching result is used
-    assert train.resolve_lrs(dataclasses.replace(cfg, lr_max=0.7), None) == (0.01, 0.7, cfg.lr_json)
+    named = (0.01, 0.5, cfg.lr_json, lr_rule.RULE_VERSION)  # and the rule that read them
+    assert train.resolve_lrs(cfg, None) == named  # a matching result is used
+    assert train.resolve_lrs(dataclasses.replace(cfg, lr_max=0.7), None) == (0.01, 0.7, *named[2:])
     assert len(ran) == 1
 
     def resolve(config, change):
@@ -213,18 +216,18 @@ def test_lrs_come_from_the_range_test(tmp_path, monkeypatch, capsys):
     # precision and bn_batch keys (the exercise's network, fp32 on a CPU, one process): reused
     old = {k: v for k, v in saved.items() if k not in ("width", "precision", "bn_batch")}
     Path(cfg.lr_json).write_text(json.dumps({**old, "pad_fill": "zero", "device": "cpu"}))
-    assert train.resolve_lrs(cfg, None) == (0.01, 0.5, cfg.lr_json) and len(ran) == 1 + len(others)
+    assert train.resolve_lrs(cfg, None) == named and len(ran) == 1 + len(others)
     capsys.readouterr()
     train.resolve_lrs(dataclasses.replace(cfg, width=0.25), None)
     assert "width 1.0 (here 0.25)" in capsys.readouterr().out
     n = len(ran)
     # made by another sweep: named with --lr-json, it is taken as chosen and the difference said;
     # found at the default path, it is stale and the test runs again
-    sweeps = ({"num_iter": 40}, {"sweeps": 1}, {"start_lr": 1e-4}, {"end_lr": 1.0},
+    sweeps = ({"num_iter": 40}, {"sweeps": 3}, {"start_lr": 1e-3}, {"end_lr": 1.0},
               {"momentum": 0.95})
     for change in sweeps:
         got, said = resolve(cfg, change)
-        assert got == (0.01, 0.5, cfg.lr_json) and "using the LRs of this file as named" in said
+        assert got == named and "using the LRs of this file as named" in said
     assert len(ran) == n
     Path(LR_JSON).parent.mkdir(parents=True)
     for change in sweeps:
