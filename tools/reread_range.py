@@ -22,9 +22,9 @@ from cli import Parser, UserError, run_cli  # noqa: E402
 from files import read_json, save_figure  # noqa: E402
 
 
-def reread(path):
-    """The saved result with lr_min, lr_max and smoothed replaced by today's rule's."""
-    result = read_json(path, "LR range-test result", "give lr_range.json files")
+def reread(path, result):
+    """The saved result (read from path) with lr_min, lr_max and smoothed replaced by today's
+    rule's."""
     if not {"lrs", "losses"} <= result.keys():
         raise UserError(f"{path}: holds no loss curve (lrs, losses); give lr_range.json files")
     picked = lr_rule.pick_lrs(result["lrs"], result["losses"])
@@ -46,7 +46,7 @@ def main(argv=None):
     rows = []
     for path in args.results:
         saved = read_json(path, "LR range-test result", "give lr_range.json files")
-        now = reread(path)
+        now = reread(path, saved)
         rows.append([str(path), saved.get("width", 1.0), len(now["losses"]), saved.get("seed"),
                      saved.get("rule_version", 1), f"{saved['lr_min']:.3g} / {saved['lr_max']:.3g}",
                      f"{now['lr_min']:.3g} / {now['lr_max']:.3g}"])
