@@ -78,7 +78,8 @@ def mismatch(saved, wanted, keys, removed=False):
     """'' if the saved result was made with the `wanted` value of every key, else what differs, in
     words. Keys older results lack take the value they stood for; with `removed`, a setting since
     removed must be at the value that is today's step."""
-    legacy = {"width": 1.0, "rule_version": 1, "bn_batch": saved.get("bs"),
+    legacy = {"width": 1.0, "rule_version": lr_rule.LEGACY_RULE_VERSION,
+              "bn_batch": saved.get("bs"),
               "precision": "bf16" if saved.get("device") == "cuda" else "fp32"}
     old = {k: saved.get(k, legacy.get(k)) for k in keys}
     said = [f"{k} {old[k]} (here {wanted[k]})" for k in keys if old[k] != wanted[k]]

@@ -25,6 +25,7 @@ VALLEY_TOLERANCE = 0.05  # the valley's floor: within 5 % of the drop of its low
 # 1: LRMAX = the valley; 2: a quarter, floor cut at a bump; 3: half, whole floor (fast sweep);
 # 4: the valley's whole floor, read off the slow sweep
 RULE_VERSION = 4
+LEGACY_RULE_VERSION = 1  # the rule of results saved before the version was recorded
 FALL_FRACTION = 0.1  # LRMIN: where the smoothed loss has made 10 % of its drop to the valley
 MIN_DROP = 0.1  # a curve whose smoothed loss never falls 10 % below its start has no answer
 RULE = (f"smooth the loss with a centred moving average ({SMOOTH_FRACTION:.0%} of the points); "

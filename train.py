@@ -35,6 +35,7 @@ import data
 import distributed
 import engine
 import lr_range
+import lr_rule
 import report
 import tblog
 from cli import Parser, UserError, pick_device, run_cli
@@ -103,7 +104,7 @@ def resolve_lrs(cfg, arrays):
     if not 0 <= lr_min < lr_max:
         raise UserError(f"LR bounds must satisfy 0 <= LRMIN < LRMAX, got {lr_min:.4g} and "
                         f"{lr_max:.4g} from {source}")
-    return lr_min, lr_max, source, found.get("rule_version", 1)
+    return lr_min, lr_max, source, found.get("rule_version", lr_rule.LEGACY_RULE_VERSION)
 
 
 def build_engines(run):

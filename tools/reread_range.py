@@ -48,7 +48,8 @@ def main(argv=None):
         saved = read_json(path, "LR range-test result", "give lr_range.json files")
         now = reread(path, saved)
         rows.append([str(path), saved.get("width", 1.0), len(now["losses"]), saved.get("seed"),
-                     saved.get("rule_version", 1), f"{saved['lr_min']:.3g} / {saved['lr_max']:.3g}",
+                     saved.get("rule_version", lr_rule.LEGACY_RULE_VERSION),
+                     f"{saved['lr_min']:.3g} / {saved['lr_max']:.3g}",
                      f"{now['lr_min']:.3g} / {now['lr_max']:.3g}"])
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
