@@ -88,8 +88,8 @@ class Config:
     eval_bs: int = setting(1000, TRAIN, "evaluation batch size per process")
     save_every: int = setting(1, TRAIN, "epochs between checkpoints")
     resume: str = setting(
-        "", TRAIN, "continue the killed run in DIR from its last checkpoint, on any number of "
-        "processes", metavar="DIR")
+        "", TRAIN, "continue the killed run in DIR from its last checkpoint (from the start if it "
+        "saved none), on any number of processes", metavar="DIR")
     # -- the LR range test: lr_range.py, and train.py when no saved result fits its step
     num_iter: int = setting(
         750, RANGE, "iterations of each sweep: 150 per factor of 10 in LR, near the pace of the "

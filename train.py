@@ -138,27 +138,31 @@ def resume_from(run, to_save, saver):
     """Load the last checkpoint into to_save and trim the saved history to it; returns the epochs
     done."""
     ckpt = latest_checkpoint(run.dir)
-    if ckpt is None:
-        raise UserError(f"--resume {run.dir}: no checkpoint_*.pt there to resume from")
-    saved = load_checkpoint(ckpt, run.device)
-    try:  # a checkpoint older than the stamp has none
-        wanted = {k: v for k, v in to_save.items() if k != "network" or k in saved}
-        Checkpoint.load_objects(wanted, saved)
-    except (ValueError, RuntimeError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{ckpt}: not a checkpoint of this run ({first[:200]})") from None
-    done = to_save["trainer"].state.epoch
     metrics = run.dir / "metrics.json"
     fix = "move it aside to resume without the earlier epochs' rows"
     old = read_json(metrics, "metrics file", fix) if metrics.exists() else {}
+    if ckpt is None and "final" in old:  # a finished run whose checkpoints were removed
+        raise UserError(f"--resume {run.dir}: no checkpoint_*.pt there to resume from")
+    if ckpt is not None:
+        saved = load_checkpoint(ckpt, run.device)
+        try:  # a checkpoint older than the stamp has none
+            wanted = {k: v for k, v in to_save.items() if k != "network" or k in saved}
+            Checkpoint.load_objects(wanted, saved)
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{ckpt}: not a checkpoint of this run ({first[:200]})") from None
+    # no checkpoint yet: stopped before its first save, so it starts again with its own config
+    done = to_save["trainer"].state.epoch
     run.history[:] = [h for h in old.get("epochs", []) if h["epoch"] <= done]  # they may be ahead
     # the earlier processes' time; a run from before rows had it counts this process only
     run.wall_before = run.history[-1].get("wall_seconds", 0.0) if run.history else 0.0
     for k in run.trace:
         run.trace[k][:] = old.get("per_iteration", {}).get(k, [])[: done * run.n_iter]
-    saver.retire(ckpt)  # removed once the resumed run's next checkpoint is safely on disk
+    if ckpt is not None:
+        saver.retire(ckpt)  # removed once the resumed run's next checkpoint is safely on disk
     if idist.get_rank() == 0:
-        print(f"resuming {run.dir} from {ckpt.name} (epoch {done} of {run.cfg.epochs}) on "
+        start = f"from {ckpt.name}" if ckpt else "from the start (stopped before its first save)"
+        print(f"resuming {run.dir} {start} (epoch {done} of {run.cfg.epochs}) on "
               f"{idist.get_world_size()} process(es)")
     return done
 

@@ -136,6 +136,27 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_before_the_first_checkpoint_starts_the_run_again(tmp_path):
+    """Killed in its first epoch, a run holds only config.json: --resume trains it from the start
+    with that config, as an unbroken run would."""
+    args = ["--data", DATA, "--device", "cpu", "--subset", "256", "--bs", "32", "--lr-min", "0.02",
+            "--lr-max", "0.3", "--epochs", "2", "--peak-epoch", "1", "--width", "0.125"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    r = run_script("train.py", *args, "--out", whole)
+    assert r.returncode == 0, r.stderr
+    killed.mkdir()
+    shutil.copy(whole / "config.json", killed / "config.json")
+    r = run_script("train.py", "--resume", killed, "--device", "cpu")
+    assert r.returncode == 0 and "from the start" in r.stdout, r.stderr
+    a, b = (torch.load(d / "checkpoint_2.pt", weights_only=True) for d in (whole, killed))
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (whole, killed))
+    assert [e["train_loss"] for e in ma["epochs"]] == [e["train_loss"] for e in mb["epochs"]]
+    assert mb["final"]["accuracy"] == ma["final"]["accuracy"]
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_with_epoch_and_iteration(tmp_path):
     out = tmp_path / "nan"
     r = run_script("train.py", "--data", DATA, "--device", "cpu", "--subset", "64", "--bs", "32",
