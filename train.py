@@ -151,6 +151,7 @@ def resume_from(run, to_save, saver):
         except (ValueError, RuntimeError, KeyError, TypeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{ckpt}: not a checkpoint of this run ({first[:200]})") from None
+        saver.retire(ckpt)  # removed once the resumed run's next checkpoint is safely on disk
     # no checkpoint yet: stopped before its first save, so it starts again with its own config
     done = to_save["trainer"].state.epoch
     run.history[:] = [h for h in old.get("epochs", []) if h["epoch"] <= done]  # they may be ahead
@@ -158,8 +159,6 @@ def resume_from(run, to_save, saver):
     run.wall_before = run.history[-1].get("wall_seconds", 0.0) if run.history else 0.0
     for k in run.trace:
         run.trace[k][:] = old.get("per_iteration", {}).get(k, [])[: done * run.n_iter]
-    if ckpt is not None:
-        saver.retire(ckpt)  # removed once the resumed run's next checkpoint is safely on disk
     if idist.get_rank() == 0:
         start = f"from {ckpt.name}" if ckpt else "from the start (stopped before its first save)"
         print(f"resuming {run.dir} {start} (epoch {done} of {run.cfg.epochs}) on "
