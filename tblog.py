@@ -12,8 +12,8 @@ What a training run logs (tag: step), every step counted in iterations so all cu
   once per epoch, and the per-iteration LR and momentum are written from the recorded trace at the
   epoch's end, so logging adds no GPU sync and no per-iteration work. A resumed run opens its writer
   with purge_step at the first iteration it redoes: what the killed run logged past its checkpoint
-  is dropped, and the curves continue without duplicate points. Off when the tensorboard package is
-  missing, unless asked for.
+  (all of it, for a run restarted before its first checkpoint) is dropped, and the curves continue
+  without duplicate points. Off when the tensorboard package is missing, unless asked for.
 """
 from ignite.engine import Events
 
@@ -53,14 +53,16 @@ def config_text(config):
     return f"| setting | value |\n|---|---|\n{rows}\n\n{versions}"
 
 
-def attach_run(trainer, run, config, epochs_done=0):
+def attach_run(trainer, run, config, epochs_done=0, resumed=False):
     """Log a training run (report.Run) into its folder from the per-epoch history and the
     per-iteration trace that report.attach_monitor fills (attach after it: its epoch-end handler
-    must have run). Returns the logger."""
+    must have run). resumed: the run carries on a killed one in the same folder. Returns the
+    logger."""
     from ignite.handlers.tensorboard_logger import OutputHandler
 
     history, trace, iters_per_epoch = run.history, run.trace, run.n_iter
-    tb = open_logger(run.dir, purge_step=epochs_done * iters_per_epoch + 1 if epochs_done else None)
+    purge = (epochs_done * iters_per_epoch + 1 if epochs_done else 0) if resumed else None
+    tb = open_logger(run.dir, purge_step=purge)
     if not epochs_done:
         tb.writer.add_text("config", config_text(config), 0)
     at_iteration = lambda engine, event: engine.state.iteration  # noqa: E731

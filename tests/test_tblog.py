@@ -1,6 +1,6 @@
 """TensorBoard event files, read back with TensorBoard's own reader: the tags, one point per step,
-the values the run recorded, a resumed run continuing its curves without duplicates, and the range
-test's curve."""
+the values the run recorded, a resumed or restarted run continuing its curves without duplicates,
+and the range test's curve."""
 import json
 
 import pytest
@@ -78,6 +78,28 @@ def test_a_run_and_its_resume_draw_each_curve_once(tmp_path, monkeypatch):
     final = [(EPOCHS * IPE + 1, pytest.approx(metrics["final"]["accuracy"]))]
     assert [(e.step, e.value) for e in ea.Scalars("final/accuracy")] == final
     assert "config/text_summary" in ea.Tags()["tensors"]
+
+
+def test_a_run_restarted_before_its_first_checkpoint_drops_what_the_killed_one_logged(
+        tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real_attach = tblog.attach_run
+
+    def attach_then_die_in_epoch_2(trainer, *args, **kwargs):  # epoch 1 logged, nothing saved
+        trainer.add_event_handler(Events.ITERATION_STARTED(once=IPE + 2),
+                                  lambda e: (_ for _ in ()).throw(Killed()))
+        return real_attach(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(tblog, "attach_run", attach_then_die_in_epoch_2)
+    with pytest.raises(Killed):
+        train.train(config(out, save_every=3))
+    assert not list(out.glob("*.pt")) and steps(read(out), "train/loss") == [IPE]
+    monkeypatch.setattr(tblog, "attach_run", real_attach)
+    train.train(train.config_from_args(train.parse_args(["--resume", str(out), "--device", "cpu"])))
+
+    ea = read(out)
+    assert steps(ea, "train/loss") == [IPE * e for e in range(1, EPOCHS + 1)]
+    assert steps(ea, "schedule/lr") == list(range(1, EPOCHS * IPE + 1))
 
 
 def test_the_range_test_logs_its_curve(tmp_path, monkeypatch):
