@@ -53,15 +53,16 @@ def config_text(config):
     return f"| setting | value |\n|---|---|\n{rows}\n\n{versions}"
 
 
-def attach_run(trainer, run, config, epochs_done=0, resumed=False):
+def attach_run(trainer, run, config, epochs_done=0):
     """Log a training run (report.Run) into its folder from the per-epoch history and the
     per-iteration trace that report.attach_monitor fills (attach after it: its epoch-end handler
-    must have run). resumed: the run carries on a killed one in the same folder. Returns the
-    logger."""
+    must have run). Returns the logger."""
     from ignite.handlers.tensorboard_logger import OutputHandler
 
     history, trace, iters_per_epoch = run.history, run.trace, run.n_iter
-    purge = (epochs_done * iters_per_epoch + 1 if epochs_done else 0) if resumed else None
+    # a resumed run drops what the killed one logged from the first iteration it redoes (from step
+    # 0, the config too, when it restarts before its first checkpoint)
+    purge = (epochs_done * iters_per_epoch + 1 if epochs_done else 0) if run.cfg.resume else None
     tb = open_logger(run.dir, purge_step=purge)
     if not epochs_done:
         tb.writer.add_text("config", config_text(config), 0)

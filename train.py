@@ -201,7 +201,7 @@ def train(cfg):
         print(report.config_line(written))
     tb = None
     if rank == 0 and tblog.wanted(cfg.tensorboard):
-        tb = tblog.attach_run(trainer, run, written, done, resumed=bool(cfg.resume))
+        tb = tblog.attach_run(trainer, run, written, done)
     if sys.stderr.isatty() and rank == 0:
         ProgressBar(persist=False).attach(trainer)
     return run_loop(run, trainer, train_loader, arrays, tb)

@@ -39,17 +39,23 @@ class Killed(Exception):
     pass
 
 
-def test_a_run_and_its_resume_draw_each_curve_once(tmp_path, monkeypatch):
-    out = tmp_path / "run"
+def kill_at(monkeypatch, iteration):
+    """The next training run raises Killed as its iteration `iteration` starts, after TensorBoard
+    was attached."""
     real_attach = tblog.attach_run
 
-    # a kill after epoch 3 was logged, not checkpointed
-    def attach_then_die_in_epoch_4(trainer, *args, **kwargs):
-        trainer.add_event_handler(Events.ITERATION_STARTED(once=3 * IPE + 2),
+    def attach_then_die(trainer, *args, **kwargs):
+        trainer.add_event_handler(Events.ITERATION_STARTED(once=iteration),
                                   lambda e: (_ for _ in ()).throw(Killed()))
         return real_attach(trainer, *args, **kwargs)
 
-    monkeypatch.setattr(tblog, "attach_run", attach_then_die_in_epoch_4)
+    monkeypatch.setattr(tblog, "attach_run", attach_then_die)
+
+
+def test_a_run_and_its_resume_draw_each_curve_once(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real_attach = tblog.attach_run
+    kill_at(monkeypatch, 3 * IPE + 2)  # after epoch 3 was logged, not checkpointed
     with pytest.raises(Killed):
         train.train(config(out, save_every=2))
     assert sorted(p.name for p in out.glob("*.pt")) == ["checkpoint_2.pt"]
@@ -84,13 +90,7 @@ def test_a_run_restarted_before_its_first_checkpoint_drops_what_the_killed_one_l
         tmp_path, monkeypatch):
     out = tmp_path / "run"
     real_attach = tblog.attach_run
-
-    def attach_then_die_in_epoch_2(trainer, *args, **kwargs):  # epoch 1 logged, nothing saved
-        trainer.add_event_handler(Events.ITERATION_STARTED(once=IPE + 2),
-                                  lambda e: (_ for _ in ()).throw(Killed()))
-        return real_attach(trainer, *args, **kwargs)
-
-    monkeypatch.setattr(tblog, "attach_run", attach_then_die_in_epoch_2)
+    kill_at(monkeypatch, IPE + 2)  # epoch 1 logged, nothing saved
     with pytest.raises(Killed):
         train.train(config(out, save_every=3))
     assert not list(out.glob("*.pt")) and steps(read(out), "train/loss") == [IPE]
