@@ -5,7 +5,7 @@ too):
 
 Given folders named VARIANT-sSEED (runs of several settings, one per seed), also one line per
 variant, set against the variant named base, paired by seed (--base NAME sets them against
-another)."""
+another, and prints that line even for one seed per variant)."""
 import math
 import re
 import statistics
@@ -66,7 +66,7 @@ def summarize(dirs, base_name=None):
     if base_name is not None and base_name not in groups:  # a typo must not pass in silence
         raise UserError(f"--base {base_name}: no such variant among the runs "
                         f"({', '.join(sorted(groups))})")
-    if any(len(v) > 1 for v in groups.values()):
+    if base_name is not None or any(len(v) > 1 for v in groups.values()):  # asked for, or groups
         text.append(variant_table(groups, base_name or "base"))
     text.append(f"\naccuracy over {len(acc)} runs: median {statistics.median(acc):.2f} %, min "
                 f"{min(acc):.2f} %; flip-TTA median {statistics.median(tta):.2f} %, min "

@@ -101,6 +101,11 @@ def test_summarize_groups_ablation_variants(smoke_run, tmp_path):
     assert r.returncode == 0, r.stderr
     lines = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split()}
     assert "up" in lines["base"] and "up" not in lines["ema"]  # and now base against ema
+    # one seed per variant: the paired line only when a base is named
+    pair = [tmp_path / "base-s0", tmp_path / "ema-s0"]
+    assert "paired" not in run_script("scripts/summarize.py", *pair).stdout
+    r = run_script("scripts/summarize.py", "--base", "base", *pair)
+    assert r.returncode == 0 and "+0.00, 0 of 1 up" in r.stdout  # the same run twice: not up
     r = run_script("scripts/summarize.py", "--base", "emma", *sorted(tmp_path.iterdir()))
     assert r.returncode == 2 and "--base emma: no such variant" in r.stderr
     assert len(r.stderr.splitlines()) == 1
