@@ -84,12 +84,13 @@ class Config:
         "half-life, updated every 5 steps (0 = off)", metavar="EPOCHS")
     compile: str = setting(
         "", TRAIN, "torch.compile the model, optionally with a mode (bare --compile = default; "
-        "one process only)", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE")
+        "one process only) (default: off, eager)", nargs="?", const="default",
+        choices=COMPILE_MODES, metavar="MODE")
     eval_bs: int = setting(1000, TRAIN, "evaluation batch size per process")
     save_every: int = setting(1, TRAIN, "epochs between checkpoints")
     resume: str = setting(
         "", TRAIN, "continue the killed run in DIR from its last checkpoint (from the start if it "
-        "saved none), on any number of processes", metavar="DIR")
+        "saved none), on any number of processes (default: a new run)", metavar="DIR")
     # -- the LR range test: lr_range.py, and train.py when no saved result fits its step
     num_iter: int = setting(
         750, RANGE, "iterations of each sweep: 150 per factor of 10 in LR, near the pace of the "
@@ -121,16 +122,19 @@ def flag(name):
     return "--" + name.replace("_", "-")
 
 
-def add_args(p, *wanted, out=("", "output folder"), **defaults):
+def add_args(p, *wanted, out=("", "output folder"), texts=None, **defaults):
     """The flags of `wanted` (groups or field names) on parser p, each with its --help line and
-    default; `out` = (default, help) of the script's --out; `defaults` replace others (tools)."""
+    default; `out` = (default, help[, metavar: FILE for a script that writes one file]) of the
+    script's --out; `texts` replace help lines where a script uses a setting its own way;
+    `defaults` replace defaults (tools)."""
     for f in fields(*wanted):
         meta = dict(f.metadata)
         meta.pop("group"), meta.pop("key", None)
         text, env = meta.pop("help"), meta.pop("env", None)
+        text = (texts or {}).get(f.name, text)
         default = os.environ.get(env, f.default) if env else defaults.get(f.name, f.default)
         if f.name == "out":
-            default, text = out
+            default, text, meta["metavar"] = (*out, "DIR")[:3]
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         shown = "" if "(default" in text else f" (default: {shown})"
         kind = next((t for t in typing.get_args(f.type) or (f.type,) if t is not type(None)), str)

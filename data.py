@@ -285,7 +285,8 @@ def make_loaders(arrays, cfg, device, rank=0, world=1):
 
 def main(argv=None):
     p = Parser(__doc__)
-    config.add_args(p, config.COMMON, out=("aug.png", "PNG file for the grid of augmented images"))
+    config.add_args(p, config.COMMON,
+                    out=("aug.png", "PNG file for the grid of augmented images", "FILE"))
     p.add_argument("--rows", type=int, default=4,
                    help="rows (and twice as many columns) in the grid (default: 4)")
     args = p.parse_args(argv)

@@ -2,8 +2,9 @@
 PyTorch's DistributedDataParallel averages their gradients. With one process every function here is
 a no-op.
 
-    torchrun --standalone --nproc_per_node 8 train.py --epochs 24 --bs 512
-    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train.py
+    torchrun --standalone --nproc_per_node 8 train.py @presets/gpu.txt --epochs 24 --bs 512
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+        train.py @presets/gpu.txt
 
 --bs stays the global batch: each of N processes takes its slice of every global batch
 (data.Loader's shard), so iterations per epoch, schedule and LRs are those of one process. Batch

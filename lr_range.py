@@ -46,6 +46,8 @@ ITERS_PER_DECADE = 150
 # a sweep spans 1e-3..10 at least (the loss starts to fall near 1e-3 at width 1/4, earlier at 1),
 # 1e-4..10 at most; a short sweep (a quick run, a test) has fewer iterations per decade
 MIN_DECADES, MAX_DECADES = 4, 5
+# a sweep says where it stands every 10 % of its iterations, or every minute if that comes first
+REPORT_FRACTION, REPORT_SECONDS, REPORT_WINDOW = 0.1, 60.0, 20
 # What a saved result must have been made with to be reused: the run's step (bn_batch: the images
 # each batch-norm statistic sees, bs/N per process under torchrun without --sync-bn) and the sweep
 # itself.
@@ -93,10 +95,10 @@ def read_result(path):
     return read_lr_result(path, ["bs", "subset", "weight_decay", "num_iter", "end_lr", "start_lr"])
 
 
-def sweep(cfg, model, raw, optimizer, loader):
-    """FastaiLRFinder over the shared training step on an engine of its own (only the finder and a
-    NaN stop attached). Returns (lrs, losses averaged over the processes); the model and optimizer
-    are restored on exit."""
+def sweep(cfg, model, raw, optimizer, loader, report=None):
+    """FastaiLRFinder over the shared training step on an engine of its own (only the finder, a NaN
+    stop and `report(lrs, losses)` after each iteration attached). Returns (lrs, losses averaged
+    over the processes); the model and optimizer are restored on exit."""
     start_lr = sweep_start(cfg)
     trainer = engine.create_trainer(model, optimizer, nn.CrossEntropyLoss(), loader.device,
                                     cfg.precision)
@@ -114,6 +116,8 @@ def sweep(cfg, model, raw, optimizer, loader):
     def record_loss(e):  # one sync per iteration is fine for a short sweep; every process agrees
         total = idist.all_reduce(e.state.output["loss"].detach().float().clone())  # in place
         losses.append(total.item() / idist.get_world_size())
+        if report:
+            report(lrs, losses)
         if not math.isfinite(losses[-1]) or len(losses) == cfg.num_iter:
             e.terminate()  # NaN never exceeds the finder's divergence threshold
 
@@ -127,6 +131,35 @@ def sweep(cfg, model, raw, optimizer, loader):
         warnings.filterwarnings("ignore", "Run completed without loss diverging")
         t.run(loader, max_epochs=math.ceil(cfg.num_iter / len(loader)))
     return lrs[:len(losses)], losses
+
+
+class Progress:
+    """Where a sweep stands, said every REPORT_FRACTION of it or every REPORT_SECONDS, whichever
+    comes first: a sweep at width 1 runs for half an hour on a CPU. The time left assumes every
+    remaining sweep runs to its end (one that diverges ends sooner)."""
+
+    def __init__(self, cfg, index, t0, say):
+        self.n, self.sweeps, self.index = cfg.num_iter, cfg.sweeps, index
+        self.t0, self.say = t0, say
+        self.every = max(1, round(REPORT_FRACTION * self.n))
+        self.last = time.perf_counter()
+
+    def __call__(self, lrs, losses):
+        k, now = len(losses), time.perf_counter()
+        if k == self.n or (k % self.every and now - self.last < REPORT_SECONDS):
+            return  # the sweep's own line follows its last iteration
+        self.last = now
+        elapsed, left = progress(now - self.t0, self.index * self.n + k, self.sweeps * self.n)
+        self.say(progress_line(k, self.n, lrs[k - 1], losses, elapsed, left))
+
+
+def progress_line(k, n, lr, losses, elapsed, left):
+    """One line of a sweep's progress: iteration, its LR, the loss averaged over the last
+    iterations (one batch's loss is noisy), the time so far and the rest."""
+    recent = losses[-REPORT_WINDOW:]
+    loss = sum(recent) / len(recent)
+    return (f"    iteration {k}/{n}: LR {lr:.3g}, loss {loss:.3f} (mean of the last "
+            f"{len(recent)}), {elapsed} so far, about {left} left")
 
 
 def run_range_test(cfg, out, arrays=None):
@@ -149,7 +182,8 @@ def run_range_test(cfg, out, arrays=None):
         raw = engine.build_model(seed, device, cfg.width)
         model = distributed.wrap_model(raw, device, cfg.sync_bn)
         optimizer = engine.make_optimizer(raw, key["start_lr"], MOMENTUM, cfg.weight_decay)
-        curves.append(sweep(cfg, model, raw, optimizer, loader))
+        report = Progress(cfg, i, t0, say)
+        curves.append(sweep(cfg, model, raw, optimizer, loader, report))
         elapsed, left = progress(time.perf_counter() - t0, i + 1, cfg.sweeps)
         say(f"  sweep {i + 1}/{cfg.sweeps} (seed {seed}): {len(curves[-1][1])} iterations, "
             f"{elapsed} "
@@ -232,7 +266,12 @@ def main(argv=None):
     p = Parser(__doc__)
     config.add_args(p, COMMON, STEP, RANGE,
                     out=(str(Path(config.LR_JSON).parent), "folder for lr_range.json and "
-                         "lr_range.png"))
+                         "lr_range.png"),
+                    texts={"subset": "sweep only the first N training images, for quick runs "
+                           "(0 = all); a run of train.py --subset N reuses the result",
+                           "val": "leave out the last N training images, as train.py --val N "
+                           "holds them out to choose settings, so the LRs fit that run (0 = "
+                           "sweep all 50,000)"})
     args = p.parse_args(argv)
     cfg = config.from_args(args, device=pick_device(args.device))
     cfg.precision = engine.resolve_precision(cfg.precision, cfg.device)

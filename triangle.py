@@ -104,7 +104,10 @@ def main(argv=None):
     p.add_argument("--iters-per-epoch", type=int, default=98,
                    help="with --one-cycle (default: 98 = 50,000/512)")
     config.add_args(p, "out", "epochs", "peak_epoch", "lr_json", "momentum",
-                    out=("tri.png", "figure file to write"))
+                    out=("tri.png", "figure file to write", "FILE"),
+                    texts={"lr_json": "with --one-cycle: the range-test result (lr_range.py) to "
+                           "take LRMIN/LRMAX from, when the file exists; else --base-lr and "
+                           "--max-lr"})
     args = p.parse_args(argv)
     check_figure_path(args.out)
     if args.one_cycle:

@@ -1,7 +1,7 @@
 """Benchmark of the whole train.py run as a user runs it: 24 epochs with the per-epoch test
 evaluation, a checkpoint per epoch and TensorBoard's files (when installed), timed on the device.
 
-    python scripts/bench.py --data DIR                       # a GPU box: eager, then --compile
+    python scripts/bench.py --device cuda --data DIR         # a GPU box: eager, then --compile
     python scripts/bench.py --modes eager --subset 256 --epochs 2 --device cpu   # the code on a CPU
 
 For each mode it runs train.train() once to warm up (torch.compile's compilation, cuDNN's

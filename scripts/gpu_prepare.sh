@@ -1,8 +1,11 @@
-# For a GPU box without internet, once, before the other scripts; SOURCE it (it sets CIFAR10_DIR):
-#   WHEELS=DIR              wheels from a connected machine: pip download -r requirements.txt -d DIR
-#   CIFAR10_ARCHIVE="F..."    a .tar.xz holding cifar10_train.npz + cifar10_test.npz (and optionally
-#                             SHA256SUMS), or its parts, joined in the order given
-#   source scripts/gpu_prepare.sh        # CIFAR10_DIR defaults to $HOME/cifar10
+# For a GPU box without internet, once, before the other scripts; SOURCE it (it exports
+# CIFAR10_DIR):
+#   WHEELS=DIR CIFAR10_ARCHIVE="FILE..." [CIFAR10_DIR=DIR] source scripts/gpu_prepare.sh
+# each variable optional:
+#   WHEELS            wheels from a connected machine (pip download -r requirements.txt -d DIR)
+#   CIFAR10_ARCHIVE   a .tar.xz holding cifar10_train.npz + cifar10_test.npz (and optionally
+#                     SHA256SUMS), or its parts, joined in the order given
+#   CIFAR10_DIR       where the data is or goes (default: $HOME/cifar10)
 # Installs what requirements.txt lists, unpacks the data, and checks what the GPU runs need: a GPU
 # torch can see, and for --compile a C compiler and Python's headers (Triton builds its kernels).
 # A failing step says what failed and returns: the shell stays open (no `set -e` in a sourced file).
@@ -12,7 +15,11 @@ _gpu_prepare() {
       || { echo "gpu_prepare: pip could not install requirements.txt from $WHEELS" >&2; return 1; }
   fi
   export CIFAR10_DIR=${CIFAR10_DIR:-$HOME/cifar10}
-  if [ ! -f "$CIFAR10_DIR/cifar10_test.npz" ] && [ -n "${CIFAR10_ARCHIVE:-}" ]; then
+  if [ ! -f "$CIFAR10_DIR/cifar10_test.npz" ] && [ ! -d "$CIFAR10_DIR/cifar-10-batches-py" ] \
+      && [ -z "${CIFAR10_ARCHIVE:-}" ]; then  # a box with internet may still download it
+    echo "gpu_prepare: no CIFAR-10 in $CIFAR10_DIR and no archive given (usage: WHEELS=DIR" \
+      "CIFAR10_ARCHIVE=\"FILE...\" [CIFAR10_DIR=DIR] source scripts/gpu_prepare.sh)" >&2
+  elif [ ! -f "$CIFAR10_DIR/cifar10_test.npz" ] && [ -n "${CIFAR10_ARCHIVE:-}" ]; then
     mkdir -p "$CIFAR10_DIR" || return 1
     # shellcheck disable=SC2086
     cat $CIFAR10_ARCHIVE | xz -d | tar x -C "$CIFAR10_DIR" \

@@ -2,7 +2,7 @@
 24-epoch train.py runs for several seeds with the LRs it found, and OUT/summary.txt: test accuracy,
 flip-TTA, LRs and seconds per seed, the median and the minimum.
 
-    python scripts/seeds.py --out runs/seeds --data DIR                  # a GPU box: seeds 0..4
+    python scripts/seeds.py --out runs/seeds @presets/gpu.txt --data DIR    # a GPU box: seeds 0..4
     python scripts/seeds.py --out runs/cpu-twin --seeds 0 1 2 @presets/cpu-twin.txt --data DIR
     python scripts/seeds.py --out runs/cpu-w1 --seeds 0 1 2 --device cpu --data DIR  # hours each
 

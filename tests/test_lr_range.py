@@ -16,6 +16,7 @@ import lr_rule
 from config import Config
 from conftest import DATA, ROOT, run_script
 from data import UserError
+from report import clock
 
 
 def synthetic_curve(seed=0, n=200, noise=0.03, valley=3.0):
@@ -122,6 +123,24 @@ def test_smooth_is_centred():
     np.testing.assert_allclose(lr_rule.smooth(np.arange(20.0), 7), np.arange(20.0))
 
 
+def test_a_sweep_says_where_it_stands_every_tenth_or_every_minute(monkeypatch):
+    said, ticks = [], iter(range(0, 10**6, 7))  # 7 s per iteration
+    monkeypatch.setattr(lr_range.time, "perf_counter", lambda: next(ticks))
+    report = lr_range.Progress(Config(num_iter=100, sweeps=2), 1, 0, said.append)
+    lrs, losses = [], []
+    for k in range(100):
+        lrs.append(1e-4 * 1.1 ** k), losses.append(2.3 - 0.01 * k)
+        report(lrs, losses)
+    done = [int(line.split()[1].split("/")[0]) for line in said]
+    # every 10 iterations, and in between where a minute passed since the last line (9 x 7 s)
+    assert {10, 20, 50, 90} <= set(done) and 9 in done and 100 not in done, said
+    assert all(b - a <= 10 for a, b in zip(done, done[1:])), done
+    first = said[done.index(10)]
+    # the second sweep of two: 110 of 200 iterations done, in the time taken so far
+    assert f"LR {lrs[9]:.3g}, loss {sum(losses[:10]) / 10:.3f} (mean of the last 10)" in first
+    assert first.endswith(f"0:01:10 so far, about {clock(70 / 110 * 90)} left"), first
+
+
 @pytest.mark.slow
 def test_model_and_optimizer_restored_bit_for_bit():
     cfg = Config(data=str(DATA), subset=128, bs=32, num_iter=12, device="cpu", start_lr=1e-5,
@@ -157,6 +176,9 @@ def test_cli_end_to_end_on_cpu(tmp_path):
     # a line per sweep: time so far, the rest
     assert [p[1] for p in progress] == ["1/2", "2/2"], r.stdout
     assert progress[0][-1] == "left" and progress[1][-2] == "0:00:00", r.stdout
+    # and inside each sweep, every 10 % of it: iteration, LR, recent loss, time left
+    within = [line.split()[1] for line in r.stdout.splitlines() if "iteration " in line]
+    assert within == [f"{k}/40:" for k in range(4, 40, 4)] * 2, r.stdout
     res = json.loads((tmp_path / "lr_range.json").read_text())
     # the rule reads their LR-by-LR mean
     assert res["sweeps"] == 2 and len(res["sweep_losses"]) == 2

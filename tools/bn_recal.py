@@ -86,7 +86,8 @@ def main(argv=None):
     p = Parser(__doc__)
     p.add_argument("runs", nargs="+", type=Path,
                    help="finished train.py run folders (config.json, checkpoint)")
-    config.add_args(p, "data", "out", "device", out=("recal.json", "JSON file for the numbers"))
+    config.add_args(p, "data", "out", "device",
+                    out=("recal.json", "JSON file for the numbers", "FILE"))
     args = p.parse_args(argv)
     args.device = pick_device(args.device, slow=False)
     arrays = data.load_cifar10(args.data, download=False)
