@@ -2,7 +2,7 @@
 test.
 
     python train.py --epochs 24 --bs 512        # the exercise's run: 2.7-3 h on 2 CPU cores, bf16
-    python train.py @presets/cpu-twin.txt       # the twin: width 1/4, 17-18 min on them
+    python train.py @presets/cpu-twin.txt       # the twin: width 1/4, 16-18 min on them
     python train.py --data tests/data --subset 256 --bs 64 --epochs 2 --peak-epoch 1 --width 0.25 \\
         --lr-min 0.004 --lr-max 0.4 --device cpu         # seconds
     torchrun --standalone --nproc_per_node 8 train.py @presets/gpu.txt   # 8 GPUs, the same recipe
